@@ -1,0 +1,5 @@
+import sys
+
+from darkpy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+"""The `darkpy` command: one subcommand per module, each exposing `add_arguments(parser)` and `run(args) -> int`."""
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+# subcommand -> (module, one-line help). Modules are imported only when their subcommand runs.
+COMMANDS = {
+    "detect": ("darkpy.detect", "detect objects in images, folders, lists and videos (darknet detector test/demo)"),
+    "map": ("darkpy.evaluate", "mean average precision on a .data file's valid list (darknet detector map)"),
+    "train": ("darkpy.train", "train a cfg on a darknet dataset (darknet detector train)"),
+    "summary": ("darkpy.summary", "layer table, BFLOPs and parameter count of a cfg"),
+    "partial": ("darkpy.partial", "copy the first N layers of a weights file (darknet partial)"),
+    "paths": ("darkpy.paths", "gradient-path analysis of a cfg"),
+    "export": ("darkpy.export", "export a cfg and weights to ONNX"),
+    "make-dataset": ("darkpy.shapes", "write a small darknet-format dataset of shapes on photos"),
+}
+
+
+def _load(name: str):
+    module_name, _ = COMMANDS[name]
+    return importlib.import_module(module_name)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="darkpy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    # Parse only the command name first so that a module is imported only when it is used.
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints usage / error for unknown commands
+        parser.print_help()
+        return 2
+    name = argv[0]
+    module = _load(name)
+    cmd_parser = argparse.ArgumentParser(prog=f"darkpy {name}", description=COMMANDS[name][1])
+    module.add_arguments(cmd_parser)
+    args = cmd_parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+def run_command(name: str, argv: Optional[List[str]] = None) -> int:
+    """Entry for the thin scripts detect.py / train.py: `darkpy NAME argv...`."""
+    return main([name] + list(sys.argv[1:] if argv is None else argv))
