@@ -1,0 +1,829 @@
+"""Training data for detectors as Darknet makes it: augmentation, sampling with replacement, multi-scale sizes.
+
+Reproduces AlexeyAB darknet's OpenCV data path:
+- src/data.c `load_data_detection`: jitter/resize crop offsets, letter_box, mosaic (net.mixup=3) and mixup (1);
+- src/data.c `fill_truth_detection` / `correct_boxes`: boxes moved into the crop, flipped, clipped, filtered;
+- src/data.c `blend_truth` / `blend_truth_mosaic`: truths of mixup and mosaic images;
+- src/image_opencv.cpp `image_data_augmentation`: crop (outside filled with the image's mean colour),
+  cv::resize INTER_LINEAR to the network size, flip, HSV in OpenCV 8-bit space, blur, gaussian noise;
+- src/detector.c `train_detector`: every iteration `batch` images drawn uniformly with replacement
+  (`random_gen() % m`, no epochs), and a new random network size every 10 iterations (multi-scale).
+
+Randomness comes from numpy Generators seeded by (seed, iteration, slot): a sample depends only on the seed and
+its place in training, never on the number of loader workers or on which worker made it, and a resumed run
+(start_iteration) draws the same images as an uninterrupted one. Darknet's own random_gen() sequence is not
+reproduced (it is rand()-based and shared between threads), only its distributions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from darkpy.cfg import Section, parse_cfg
+from darkpy.data import (
+    BAD_CLASS_ID,
+    BAD_COORDINATES,
+    DataError,
+    DataProblems,
+    label_path,
+    read_labels,
+    report_missing_image,
+    resolve_path,
+)
+from darkpy.image import ImageError, load_image, to_float
+
+__all__ = [
+    "AugmentConfig",
+    "TileDraw",
+    "CropWindow",
+    "draw_tile",
+    "crop_window",
+    "place_truths",
+    "crop_and_resize",
+    "adjust_hsv",
+    "blur_image",
+    "add_gaussian_noise",
+    "augment_tile",
+    "mosaic_shifts",
+    "paste_mosaic_tile",
+    "mosaic_truths",
+    "make_training_sample",
+    "multiscale_coef",
+    "random_size",
+    "SampleKey",
+    "IterationSampler",
+    "DetectionTrainSet",
+    "collate_detections",
+    "seed_worker",
+    "TrainBatches",
+    "make_train_loader",
+]
+
+DETECTION_LAYERS = ("yolo", "Gaussian_yolo", "region", "detection")
+MIXUP_NONE, MIXUP_BLEND, MIXUP_MOSAIC = 0, 1, 3
+MOSAIC_MIN_OFFSET = 0.2  # load_data_detection: cut points in [0.2, 0.8] of the network size
+BACKGROUND_BLUR_KERNEL = 17  # image_data_augmentation: blur == 1 blurs the background with a 17x17 Gaussian
+MAX_IMAGE_TRIES = 100  # unreadable images are replaced by other random ones; give up after this many
+
+# A loaded training image: uint8 HxWx3 RGB, labels (N, 5) [class, x, y, w, h] relative, and the label file name
+# (for messages).
+Source = Tuple[np.ndarray, np.ndarray, str]
+F32 = np.float32
+
+
+# ------------------------------------------------------------------------------------------------ configuration
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The augmentation settings train_detector passes to load_data_detection.
+
+    From [net]: flip, hue, saturation, exposure, blur, gaussian_noise, mixup/mosaic/cutmix (combined as Darknet's
+    net.mixup), letter_box, mosaic_bound, resize_step. From the LAST detection layer: classes, jitter, resize,
+    random, max (Darknet's `args.jitter = l.jitter`, `args.resize = l.resize`, `args.num_boxes = l.max_boxes`).
+    """
+
+    classes: int = 20
+    jitter: float = 0.2
+    resize: float = 1.0
+    random: float = 0.0
+    max_boxes: int = 200
+    flip: bool = True
+    hue: float = 0.0
+    saturation: float = 1.0
+    exposure: float = 1.0
+    blur: int = 0
+    gaussian_noise: int = 0
+    mixup: int = MIXUP_NONE  # 0 none, 1 mixup (blend two images), 3 mosaic
+    letter_box: bool = False
+    mosaic_bound: bool = False
+    resize_step: int = 32
+
+    def __post_init__(self) -> None:
+        if self.mixup not in (MIXUP_NONE, MIXUP_BLEND, MIXUP_MOSAIC):
+            raise ValueError(f"mixup mode must be 0, 1 or 3, got {self.mixup}")
+        if self.mixup == MIXUP_MOSAIC and self.letter_box:
+            # load_data_detection: "Combination: letter_box=1 & mosaic=1 - isn't supported"
+            raise ValueError("[net] letter_box=1 and mosaic=1 cannot be combined (Darknet refuses it too)")
+        if self.classes <= 0 or self.max_boxes <= 0:
+            raise ValueError(f"classes ({self.classes}) and max ({self.max_boxes}) must be positive")
+
+    @property
+    def mosaic(self) -> bool:
+        return self.mixup == MIXUP_MOSAIC
+
+    @classmethod
+    def from_sections(cls, sections: Sequence[Section]) -> "AugmentConfig":
+        """Settings from parsed cfg sections (darkpy.cfg.parse_cfg): [net] and the last detection layer."""
+        net = sections[0]
+        heads = [s for s in sections if s.type in DETECTION_LAYERS]
+        if not heads:
+            raise net.error("the cfg has no [yolo], [region] or [detection] layer to train")
+        head = heads[-1]
+        return cls(
+            classes=head.get_int("classes", 20),
+            jitter=head.get_float("jitter", 0.2),
+            resize=head.get_float("resize", 1.0),
+            random=head.get_float("random", 0.0),
+            max_boxes=head.get_int("max", 200),
+            flip=bool(net.get_int("flip", 1)),
+            hue=net.get_float("hue", 0.0),
+            saturation=net.get_float("saturation", 1.0),
+            exposure=net.get_float("exposure", 1.0),
+            blur=net.get_int("blur", 0),
+            gaussian_noise=net.get_int("gaussian_noise", 0),
+            mixup=_detection_mixup_mode(net),
+            letter_box=bool(net.get_int("letter_box", 0)),
+            mosaic_bound=bool(net.get_int("mosaic_bound", 0)),
+            resize_step=max(1, net.get_int("resize_step", 32)),
+        )
+
+    @classmethod
+    def from_cfg(cls, path: Union[str, Path]) -> "AugmentConfig":
+        return cls.from_sections(parse_cfg(path))
+
+
+def _detection_mixup_mode(net: Section) -> int:
+    """parse_net_options combines mixup/cutmix/mosaic into net.mixup; load_data_detection then drops cutmix
+    (2 -> 0, 4 -> 3: "cutmix=1 - isn't supported for Detector")."""
+    mode = net.get_int("mixup", 0)
+    cutmix, mosaic = net.get_int("cutmix", 0), net.get_int("mosaic", 0)
+    if mosaic and cutmix:
+        mode = 4
+    elif cutmix:
+        mode = 2
+    elif mosaic:
+        mode = 3
+    mode = {2: MIXUP_NONE, 4: MIXUP_MOSAIC}.get(mode, mode)
+    if mode not in (MIXUP_NONE, MIXUP_BLEND, MIXUP_MOSAIC):
+        raise net.error(f"mixup={mode} is not a mode Darknet's detector loader knows (0, 1, or mosaic=1)", "mixup")
+    return mode
+
+
+# ------------------------------------------------------------------------------------------------ random draws
+
+def rand_scale(rng: np.random.Generator, s: float) -> float:
+    """Darknet's rand_scale: U(1, s), or its reciprocal half of the time."""
+    scale = float(rng.uniform(min(1.0, s), max(1.0, s)))
+    return scale if rng.integers(2) else 1.0 / scale
+
+
+@dataclass(frozen=True)
+class TileDraw:
+    """The random numbers load_data_detection draws for one image (one mosaic tile)."""
+
+    r: Tuple[float, float, float, float] = (0.5, 0.5, 0.5, 0.5)  # r1..r4: pleft, pright, ptop, pbot in U(-d, d)
+    resize_r: Tuple[float, float] = (0.5, 0.5)  # resize_r1 (left/top), resize_r2 (right/bottom)
+    flip: bool = False
+    dhue: float = 0.0
+    dsat: float = 1.0
+    dexp: float = 1.0
+    blur: int = 0
+    gaussian_noise: int = 0
+    to_corner: bool = False  # mosaic: "move each 2nd image to the corner"
+
+    @classmethod
+    def identity(cls) -> "TileDraw":
+        """No jitter (r = 0.5 gives zero offsets), no flip, no colour change."""
+        return cls()
+
+
+def draw_tile(rng: np.random.Generator, config: AugmentConfig, mosaic: bool = False) -> TileDraw:
+    """One image's random draws, with load_data_detection's distributions."""
+    blur = 0
+    if config.blur:
+        blur = (0, 1, config.blur)[int(rng.integers(3))]  # none, background only, whole image
+    noise = config.gaussian_noise if config.gaussian_noise and rng.integers(2) == 1 else 0
+    return TileDraw(
+        r=tuple(float(v) for v in rng.random(4)),
+        resize_r=tuple(float(v) for v in rng.random(2)),
+        flip=bool(config.flip and rng.integers(2)),
+        dhue=float(rng.uniform(-config.hue, config.hue)) if config.hue else 0.0,
+        dsat=rand_scale(rng, config.saturation),
+        dexp=rand_scale(rng, config.exposure),
+        blur=blur,
+        gaussian_noise=noise,
+        to_corner=bool(mosaic and rng.integers(2) == 0),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ crop window
+
+@dataclass(frozen=True)
+class CropWindow:
+    """Darknet's crop of an ow x oh image: pleft/pright/ptop/pbot pixels cut from each side (negative = the crop
+    reaches outside the image, where the mean colour is painted)."""
+
+    ow: int
+    oh: int
+    left: int
+    right: int
+    top: int
+    bottom: int
+
+    @property
+    def width(self) -> int:  # swidth
+        return self.ow - self.left - self.right
+
+    @property
+    def height(self) -> int:  # sheight
+        return self.oh - self.top - self.bottom
+
+    @property
+    def is_whole_image(self) -> bool:
+        return self.left == 0 and self.top == 0 and self.width == self.ow and self.height == self.oh
+
+
+def _precalc(low: float, high: float, r: float) -> int:
+    """rand_precalc_random(min, max, r) stored in an int: r*(max-min)+min, truncated toward zero."""
+    if high < low:
+        low, high = high, low
+    return int(F32(r) * (F32(high) - F32(low)) + F32(low))
+
+
+def crop_window(ow: int, oh: int, net_w: int, net_h: int, config: AugmentConfig, draw: TileDraw,
+                tile: Optional[int] = None) -> CropWindow:
+    """The crop load_data_detection cuts from an ow x oh image (jitter, resize, letter_box, mosaic corner).
+
+    `tile` (0..3: top-left, top-right, bottom-left, bottom-right) is the mosaic quadrant, None outside mosaic.
+    """
+    dw, dh = int(F32(ow) * F32(config.jitter)), int(F32(oh) * F32(config.jitter))
+    pleft, pright = _precalc(-dw, dw, draw.r[0]), _precalc(-dw, dw, draw.r[1])
+    ptop, pbot = _precalc(-dh, dh, draw.r[2]), _precalc(-dh, dh, draw.r[3])
+
+    resize_down = config.resize if config.resize <= 1 else 1 / config.resize
+    resize_up = config.resize if config.resize >= 1 else 1 / config.resize
+    min_rdw, min_rdh = (int(F32(size) * (1 - 1 / F32(resize_down)) / 2) for size in (ow, oh))  # <= 0
+    max_rdw, max_rdh = (int(F32(size) * (1 - 1 / F32(resize_up)) / 2) for size in (ow, oh))  # >= 0
+    if config.resize < 1:  # zoom out only
+        max_rdw = max_rdh = 0
+    # The left and top sides share one random number, the right and bottom sides another.
+    pleft += _precalc(min_rdw, max_rdw, draw.resize_r[0])
+    pright += _precalc(min_rdw, max_rdw, draw.resize_r[1])
+    ptop += _precalc(min_rdh, max_rdh, draw.resize_r[0])
+    pbot += _precalc(min_rdh, max_rdh, draw.resize_r[1])
+
+    if config.letter_box:
+        pleft, pright, ptop, pbot = _letter_box_sides(ow, oh, net_w, net_h, pleft, pright, ptop, pbot)
+    if tile is not None and draw.to_corner:
+        pleft, pright, ptop, pbot = _push_to_corner(tile, draw.flip, pleft, pright, ptop, pbot)
+
+    window = CropWindow(ow, oh, pleft, pright, ptop, pbot)
+    if _invalid_window(window):
+        # Darknet prints "WARNING: invalid resize" here; darkpy falls back to the whole image.
+        window = CropWindow(ow, oh, 0, 0, 0, 0)
+    return window
+
+
+def _letter_box_sides(ow: int, oh: int, net_w: int, net_h: int, pleft: int, pright: int, ptop: int,
+                      pbot: int) -> Tuple[int, int, int, int]:
+    """Widen the crop on two opposite sides so that it has the network's aspect ratio (C: int -= float)."""
+    img_ar, net_ar = F32(ow) / F32(oh), F32(net_w) / F32(net_h)
+    if img_ar / net_ar > 1:  # the image is wider than the network: add height
+        delta_h = (F32(ow) / net_ar - F32(oh)) / 2
+        return pleft, pright, int(ptop - delta_h), int(pbot - delta_h)
+    delta_w = (F32(oh) * net_ar - F32(ow)) / 2
+    return int(pleft - delta_w), int(pright - delta_w), ptop, pbot
+
+
+def _push_to_corner(tile: int, flip: bool, pleft: int, pright: int, ptop: int,
+                    pbot: int) -> Tuple[int, int, int, int]:
+    """Mosaic: move the crop so that the image touches the mosaic's centre (the side that stays visible).
+
+    The horizontal side is mirrored when the tile will be flipped.
+    """
+    to_right = (tile in (0, 2)) != flip  # content pushed against the right edge of the tile's crop
+    if to_right:
+        pright, pleft = pright + pleft, 0
+    else:
+        pleft, pright = pleft + pright, 0
+    if tile in (0, 1):
+        pbot, ptop = pbot + ptop, 0
+    else:
+        ptop, pbot = ptop + pbot, 0
+    return pleft, pright, ptop, pbot
+
+
+def _invalid_window(window: CropWindow) -> bool:
+    # Darknet's test (swidth, sheight, ow - pleft, oh - ptop <= 0) plus the mirror conditions, so that the crop
+    # always overlaps the image.
+    return (window.width <= 0 or window.height <= 0 or window.ow - window.left <= 0 or window.oh - window.top <= 0
+            or window.ow - window.right <= 0 or window.oh - window.bottom <= 0)
+
+
+# ------------------------------------------------------------------------------------------------ boxes
+
+def place_truths(labels: np.ndarray, window: CropWindow, flip: bool, net_w: int, net_h: int,
+                 config: AugmentConfig, rng: Optional[np.random.Generator] = None,
+                 problems: Optional[DataProblems] = None, label_file: str = "") -> Tuple[np.ndarray, int]:
+    """Darknet's fill_truth_detection: labels (N, 5) [class, x, y, w, h] -> truths (K, 5) [x, y, w, h, class].
+
+    Boxes are shuffled (randomize_boxes), moved into the crop, flipped and clipped to [0, 1] (correct_boxes),
+    the list is cut to `max` boxes (before filtering, as in Darknet), and then boxes narrower or lower than one
+    network pixel are dropped silently, a class id >= classes or a box at x = y = 0 is dropped with a warning.
+    Also returns min_w_h: the smallest side of a kept box in network pixels, truncated (0 without boxes).
+    """
+    labels = np.asarray(labels, dtype=F32).reshape(-1, 5)
+    if rng is not None and len(labels) > 1:
+        labels = labels[rng.permutation(len(labels))]
+    cls, x, y, w, h = (labels[:, i] for i in range(5))
+    # correct_boxes marks these as 999999 ("Wrong annotation: x = 0 or y = 0"); read_labels already rejects the
+    # other case it marks (a box wholly outside [0, 1]).
+    marked = ((x == 0) & (y == 0)) | (x + w / 2 < 0) | (y + h / 2 < 0) | (x - w / 2 > 1) | (y - h / 2 > 1)
+
+    sx = F32(window.width) / F32(window.ow)
+    sy = F32(window.height) / F32(window.oh)
+    scale_x, scale_y = F32(1.0 / sx), F32(1.0 / sy)
+    dx = (F32(window.left) / F32(window.ow)) / sx
+    dy = (F32(window.top) / F32(window.oh)) / sy
+    left, right = (x - w / 2) * scale_x - dx, (x + w / 2) * scale_x - dx
+    top, bottom = (y - h / 2) * scale_y - dy, (y + h / 2) * scale_y - dy
+    if flip:
+        left, right = 1 - right, 1 - left
+    left, right, top, bottom = (np.clip(v, 0, 1).astype(F32) for v in (left, right, top, bottom))
+    new_x, new_y = (left + right) / 2, (top + bottom) / 2
+    new_w, new_h = np.clip(right - left, 0, 1), np.clip(bottom - top, 0, 1)
+
+    count = min(len(labels), config.max_boxes)  # Darknet truncates before it filters
+    lowest_w, lowest_h = F32(1) / F32(net_w), F32(1) / F32(net_h)
+    kept: List[int] = []
+    for i in range(count):
+        if cls[i] >= config.classes or cls[i] < 0:
+            _warn(problems, BAD_CLASS_ID, f"{label_file}: class id {int(cls[i])} is outside 0..{config.classes - 1}; "
+                                          "box skipped")
+        elif marked[i]:
+            _warn(problems, BAD_COORDINATES, f"{label_file}: box at x = {x[i]:g}, y = {y[i]:g} (Darknet: 'Wrong "
+                                             "annotation: x = 0 or y = 0'); box skipped")
+        elif new_w[i] < lowest_w or new_h[i] < lowest_h:
+            continue  # smaller than one network pixel (or cropped away): dropped silently, as Darknet does
+        elif new_x[i] <= 0 or new_x[i] > 1 or new_y[i] <= 0 or new_y[i] > 1:
+            continue  # cannot happen after clipping with a positive size; kept for Darknet's checks' order
+        else:
+            kept.append(i)
+    truths = np.stack([new_x, new_y, new_w, new_h, cls], axis=1)[kept].astype(F32).reshape(-1, 5)
+    min_w_h = int(min(float((truths[:, 2] * net_w).min()), float((truths[:, 3] * net_h).min()))) if kept else 0
+    return truths, min_w_h
+
+
+def _warn(problems: Optional[DataProblems], kind: str, message: str) -> None:
+    if problems is not None:
+        problems.warn(kind, message)
+
+
+# ------------------------------------------------------------------------------------------------ pixels
+
+def crop_and_resize(image: np.ndarray, window: CropWindow, net_w: int, net_h: int) -> np.ndarray:
+    """image_data_augmentation's crop: the window (outside filled with cv::mean of the image) resized to the
+    network size with cv::resize INTER_LINEAR. uint8 HxWx3 in and out."""
+    if window.is_whole_image:
+        return cv2.resize(image, (net_w, net_h), interpolation=cv2.INTER_LINEAR)
+    mean = cv2.mean(image)[: image.shape[2]]
+    cropped = np.empty((window.height, window.width, image.shape[2]), np.uint8)
+    cropped[:] = np.clip(np.rint(mean), 0, 255).astype(np.uint8)  # cv::Mat::setTo(Scalar) rounds and saturates
+    src_x0, src_y0 = max(0, window.left), max(0, window.top)
+    src_x1 = min(window.ow, window.left + window.width)
+    src_y1 = min(window.oh, window.top + window.height)
+    dst_x0, dst_y0 = max(0, -window.left), max(0, -window.top)
+    cropped[dst_y0:dst_y0 + src_y1 - src_y0, dst_x0:dst_x0 + src_x1 - src_x0] = image[src_y0:src_y1, src_x0:src_x1]
+    return cv2.resize(cropped, (net_w, net_h), interpolation=cv2.INTER_LINEAR)
+
+
+def adjust_hsv(image: np.ndarray, dhue: float, dsat: float, dexp: float) -> np.ndarray:
+    """HSV jitter in OpenCV's 8-bit HSV (H in 0..179): S *= dsat, V *= dexp, H += 179*dhue, each rounded and
+    saturated to 0..255 as cv::Mat arithmetic does (a hue pushed past 179 wraps in HSV2RGB, one below 0
+    sticks at 0, as in Darknet)."""
+    if dsat == 1 and dexp == 1 and dhue == 0:
+        return image
+    hue, sat, val = cv2.split(cv2.cvtColor(image, cv2.COLOR_RGB2HSV))
+    sat = cv2.convertScaleAbs(sat, alpha=float(dsat))  # Mat *= double: saturate_cast(v * s), v >= 0
+    val = cv2.convertScaleAbs(val, alpha=float(dexp))
+    hue = cv2.add(hue, float(F32(179) * F32(dhue)))
+    return cv2.cvtColor(cv2.merge([hue, sat, val]), cv2.COLOR_HSV2RGB)
+
+
+def blur_image(image: np.ndarray, blur: int, truths: np.ndarray) -> np.ndarray:
+    """blur == 1: 17x17 Gaussian on the background only (pixels inside the truth boxes stay sharp);
+    blur > 1: the whole image with a (blur/2)*2+1 kernel."""
+    if blur <= 0:
+        return image
+    ksize = BACKGROUND_BLUR_KERNEL if blur == 1 else (blur // 2) * 2 + 1
+    blurred = cv2.GaussianBlur(image, (ksize, ksize), 0)
+    if blur == 1:
+        rows, cols = image.shape[:2]
+        for bx, by, bw, bh in truths[:, :4].astype(np.float64):
+            left, top = int((bx - bw / 2) * cols), int((by - bh / 2) * rows)
+            width, height = int(bw * cols), int(bh * rows)
+            x0, y0 = max(0, left), max(0, top)
+            x1, y1 = min(cols, left + width), min(rows, top + height)
+            if x1 > x0 and y1 > y0:
+                blurred[y0:y1, x0:x1] = image[y0:y1, x0:x1]
+    return blurred
+
+
+def add_gaussian_noise(image: np.ndarray, sigma: int, rng: np.random.Generator) -> np.ndarray:
+    """Darknet's gaussian_noise: cv::randn into a uint8 Mat (so negative noise saturates to 0: the noise only
+    brightens), then a saturating add. sigma is clamped to 0..127."""
+    sigma = min(max(int(sigma), 0), 127)
+    if sigma == 0:
+        return image
+    noise = np.clip(np.rint(rng.normal(0.0, sigma, image.shape)), 0, 255).astype(np.uint8)
+    return cv2.add(image, noise)
+
+
+# ------------------------------------------------------------------------------------------------ one image
+
+@dataclass
+class AugmentedTile:
+    image: np.ndarray  # uint8 (net_h, net_w, 3)
+    truths: np.ndarray  # (K, 5) [x, y, w, h, class]
+    window: CropWindow
+    flip: bool
+
+
+def augment_tile(source: Source, net_w: int, net_h: int, config: AugmentConfig, draw: TileDraw,
+                 rng: np.random.Generator, problems: Optional[DataProblems] = None,
+                 tile: Optional[int] = None) -> AugmentedTile:
+    """One image through load_data_detection's per-image steps and image_data_augmentation."""
+    image, labels, label_file = source
+    oh, ow = image.shape[:2]
+    window = crop_window(ow, oh, net_w, net_h, config, draw, tile)
+    truths, min_w_h = place_truths(labels, window, draw.flip, net_w, net_h, config, rng, problems, label_file)
+    blur = draw.blur
+    if blur > 1 and min_w_h // 8 < blur:
+        blur = min_w_h // 8  # "disable blur if one of the objects is too small"
+    pixels = crop_and_resize(image, window, net_w, net_h)
+    if draw.flip:
+        pixels = cv2.flip(pixels, 1)
+    pixels = adjust_hsv(pixels, draw.dhue, draw.dsat, draw.dexp)
+    pixels = blur_image(pixels, blur, truths)
+    pixels = add_gaussian_noise(pixels, draw.gaussian_noise, rng)
+    return AugmentedTile(pixels, truths, window, draw.flip)
+
+
+# ------------------------------------------------------------------------------------------------ mosaic
+
+class MosaicShifts(NamedTuple):
+    left: int
+    right: int
+    top: int
+    bottom: int
+
+
+def mosaic_shifts(augmented: AugmentedTile, net_w: int, net_h: int, cut_x: int, cut_y: int) -> MosaicShifts:
+    """How many network pixels of painted border each side of a tile has (capped by its quadrant), so that the
+    quadrant is taken from the image content next to the mosaic's centre. A flipped tile swaps left and right."""
+    window = augmented.window
+    pleft, pright = (window.right, window.left) if augmented.flip else (window.left, window.right)
+    return MosaicShifts(
+        left=min(cut_x, max(0, (-pleft * net_w) // window.ow)),
+        right=min(net_w - cut_x, max(0, (-pright * net_w) // window.ow)),
+        top=min(cut_y, max(0, (-window.top * net_h) // window.oh)),
+        bottom=min(net_h - cut_y, max(0, (-window.bottom * net_h) // window.oh)),
+    )
+
+
+def _quadrant_source(tile: int, net_w: int, net_h: int, cut_x: int, cut_y: int,
+                     shifts: MosaicShifts) -> Tuple[int, int]:
+    """Top-left corner, in the tile's augmented image, of the part copied into quadrant `tile`."""
+    x0 = net_w - cut_x - shifts.right if tile in (0, 2) else shifts.left
+    y0 = net_h - cut_y - shifts.bottom if tile in (0, 1) else shifts.top
+    return x0, y0
+
+
+def paste_mosaic_tile(canvas: np.ndarray, augmented: AugmentedTile, tile: int, cut_x: int, cut_y: int,
+                      shifts: MosaicShifts) -> None:
+    """Copy a tile's quadrant into the mosaic canvas (load_data_detection's memcpy loop)."""
+    net_h, net_w = canvas.shape[:2]
+    dst_x0, dst_x1 = (0, cut_x) if tile in (0, 2) else (cut_x, net_w)
+    dst_y0, dst_y1 = (0, cut_y) if tile in (0, 1) else (cut_y, net_h)
+    x0, y0 = _quadrant_source(tile, net_w, net_h, cut_x, cut_y, shifts)
+    canvas[dst_y0:dst_y1, dst_x0:dst_x1] = augmented.image[y0:y0 + dst_y1 - dst_y0, x0:x0 + dst_x1 - dst_x0]
+
+
+def mosaic_truths(existing: np.ndarray, tile_truths: np.ndarray, tile: int, net_w: int, net_h: int, cut_x: int,
+                  cut_y: int, shifts: MosaicShifts, mosaic_bound: bool = False, max_boxes: int = 200) -> np.ndarray:
+    """Darknet's blend_truth_mosaic: shift a tile's truths to its quadrant, fix the parts outside the image
+    (or, with mosaic_bound, outside the quadrant) and append those that remain valid to `existing`."""
+    room = max(0, max_boxes - len(existing))
+    boxes = np.asarray(tile_truths, F32).reshape(-1, 5)[:room]
+    if len(boxes) == 0:
+        return existing
+    w, h = F32(net_w), F32(net_h)
+    x0, y0 = _quadrant_source(tile, net_w, net_h, cut_x, cut_y, shifts)
+    dst_x0 = 0 if tile in (0, 2) else cut_x
+    dst_y0 = 0 if tile in (0, 1) else cut_y
+    xb = boxes[:, 0] + F32(dst_x0 - x0) / w
+    yb = boxes[:, 1] + F32(dst_y0 - y0) / h
+    wb, hb = boxes[:, 2].copy(), boxes[:, 3].copy()
+
+    def sides():
+        return (np.trunc((xb - wb / 2) * w), np.trunc((xb + wb / 2) * w),
+                np.trunc((yb - hb / 2) * h), np.trunc((yb + hb / 2) * h))
+
+    left, right, top, bot = sides()
+    if mosaic_bound:
+        bounds_x = (0, cut_x) if tile in (0, 2) else (cut_x, net_w)
+        bounds_y = (0, cut_y) if tile in (0, 1) else (cut_y, net_h)
+        left, right = np.maximum(left, bounds_x[0]), np.minimum(right, bounds_x[1])
+        top, bot = np.maximum(top, bounds_y[0]), np.minimum(bot, bounds_y[1])
+        xb, wb = ((right + left) / 2 / w).astype(F32), ((right - left) / w).astype(F32)
+        yb, hb = ((bot + top) / 2 / h).astype(F32), ((bot - top) / h).astype(F32)
+    else:
+        # Cut the part outside the image, keeping the other edge where it was.
+        diff = np.where(left < 0, left / w, 0).astype(F32)
+        xb, wb = xb - diff / 2, wb + diff
+        diff = np.where(right > w, (right - w) / w, 0).astype(F32)
+        xb, wb = xb - diff / 2, wb - diff
+        diff = np.where(top < 0, top / h, 0).astype(F32)
+        yb, hb = yb - diff / 2, hb + diff
+        diff = np.where(bot > h, (bot - h) / h, 0).astype(F32)
+        yb, hb = yb - diff / 2, hb - diff
+        left, right, top, bot = sides()
+    valid = ((left >= 0) & (right <= w) & (top >= 0) & (bot <= h)
+             & (wb > 0) & (wb < 1) & (hb > 0) & (hb < 1) & (xb > 0) & (xb < 1) & (yb > 0) & (yb < 1)
+             & (wb > 1 / w) & (hb > 1 / h))
+    shifted = np.stack([xb, yb, wb, hb, boxes[:, 4]], axis=1)[valid].astype(F32)
+    return np.concatenate([existing.reshape(-1, 5).astype(F32), shifted], axis=0)
+
+
+def _make_mosaic(sources: Callable[[int], Source], net_w: int, net_h: int, config: AugmentConfig,
+                 rng: np.random.Generator, problems: Optional[DataProblems]) -> Tuple[np.ndarray, np.ndarray]:
+    """Four images, each jittered on its own, cut at a random point in [0.2, 0.8] of the network size."""
+    cut_x = int(rng.integers(int(net_w * MOSAIC_MIN_OFFSET), int(net_w * (1 - MOSAIC_MIN_OFFSET)) + 1))
+    cut_y = int(rng.integers(int(net_h * MOSAIC_MIN_OFFSET), int(net_h * (1 - MOSAIC_MIN_OFFSET)) + 1))
+    canvas = np.zeros((net_h, net_w, 3), np.uint8)
+    truths = np.zeros((0, 5), F32)
+    for tile in range(4):
+        draw = draw_tile(rng, config, mosaic=True)
+        augmented = augment_tile(sources(tile), net_w, net_h, config, draw, rng, problems, tile=tile)
+        shifts = mosaic_shifts(augmented, net_w, net_h, cut_x, cut_y)
+        paste_mosaic_tile(canvas, augmented, tile, cut_x, cut_y, shifts)
+        truths = mosaic_truths(truths, augmented.truths, tile, net_w, net_h, cut_x, cut_y, shifts,
+                               config.mosaic_bound, config.max_boxes)
+    return to_float(canvas), truths
+
+
+# ------------------------------------------------------------------------------------------------ one sample
+
+def make_training_sample(sources: Callable[[int], Source], net_w: int, net_h: int, config: AugmentConfig,
+                         rng: np.random.Generator,
+                         problems: Optional[DataProblems] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """One network input as load_data_detection makes it: float32 (3, net_h, net_w) RGB in [0, 1] and truths
+    (K, 5) [x, y, w, h, class], K <= max.
+
+    `sources(k)` gives the k-th image of this sample: 0 is the sampled one, mosaic asks for 1..3 more and mixup
+    for one more (Darknet draws those uniformly from the list as well). Mosaic and mixup are used in 50 % of
+    the samples (Darknet decides once per loader call, i.e. per group of about batch/6 images).
+    """
+    mode = config.mixup
+    if mode != MIXUP_NONE and rng.integers(2) == 0:
+        mode = MIXUP_NONE
+    if mode == MIXUP_MOSAIC:
+        return _make_mosaic(sources, net_w, net_h, config, rng, problems)
+    first = augment_tile(sources(0), net_w, net_h, config, draw_tile(rng, config), rng, problems)
+    image, truths = to_float(first.image), first.truths
+    if mode == MIXUP_BLEND:  # blend_images_cv(new, 0.5, old, 0.5) and blend_truth: old truths, then new ones
+        second = augment_tile(sources(1), net_w, net_h, config, draw_tile(rng, config), rng, problems)
+        image = F32(0.5) * to_float(second.image) + F32(0.5) * image
+        truths = np.concatenate([truths, second.truths], axis=0)[: config.max_boxes]
+    return image, truths
+
+
+# ------------------------------------------------------------------------------------------------ multi-scale
+
+def multiscale_coef(random: float) -> float:
+    """The size factor of [yolo] random: 0 = off, 1 = Darknet's 1.4, any other value is the factor itself."""
+    return 0.0 if random == 0 else (1.4 if random == 1 else float(random))
+
+
+def _round_half_away(value: float) -> int:
+    return int(math.floor(value + 0.5)) if value >= 0 else -int(math.floor(-value + 0.5))
+
+
+def random_size(iteration: int, init_w: int, init_h: int, random: float, resize_step: int = 32, *,
+                rng: np.random.Generator, start_iteration: int = 0,
+                max_batches: Optional[int] = None) -> Optional[Tuple[int, int]]:
+    """train_detector's multi-scale choice, or None when the size does not change at this iteration.
+
+    Every 10 iterations of a run (counted from `start_iteration`): r = rand_scale(coef) and
+    dim = round(r*init/resize_step + 1)*resize_step for width and height; a shrinking r that still gives a size
+    above the initial one gives the initial size. The first resize of a run (Darknet: avg_loss < 0) and those
+    in the last 100 iterations use the largest size round(coef*init/resize_step + 1)*resize_step. `random` is
+    the [yolo] value (1 means a factor of 1.4); 0 disables multi-scale.
+    """
+    coef = multiscale_coef(random)
+    if coef == 0 or (iteration - start_iteration) % 10 != 0:
+        return None
+    scale = F32(rand_scale(rng, coef))
+    step = F32(resize_step)
+    dim_w = _round_half_away(float(scale * F32(init_w) / step + 1)) * resize_step
+    dim_h = _round_half_away(float(scale * F32(init_h) / step + 1)) * resize_step
+    if scale < 1 and (dim_w > init_w or dim_h > init_h):
+        dim_w, dim_h = init_w, init_h
+    if iteration == start_iteration or (max_batches is not None and iteration > max_batches - 100):
+        dim_w = _round_half_away(float(F32(coef) * F32(init_w) / step + 1)) * resize_step
+        dim_h = _round_half_away(float(F32(coef) * F32(init_h) / step + 1)) * resize_step
+    return max(dim_w, resize_step), max(dim_h, resize_step)
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+
+class SampleKey(NamedTuple):
+    """What the sampler asks the dataset for: an image index, the network size, and where in training the
+    sample sits (its random numbers are seeded from seed, iteration and slot)."""
+
+    index: int
+    width: int
+    height: int
+    seed: int = 0
+    iteration: int = 0
+    slot: int = 0
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng([_unsigned(self.seed), self.iteration, self.slot, 2])
+
+
+def _unsigned(seed: int) -> int:
+    return int(seed) & 0xFFFFFFFFFFFFFFFF
+
+
+class IterationSampler(Sampler):
+    """A batch sampler: for each training iteration, `batch` keys of images drawn uniformly with replacement
+    (train_detector: `random_gen() % m`), all at that iteration's network size (multi-scale when `random`).
+
+    Iterations run from start_iteration to max_batches (exclusive). Use as DataLoader(batch_sampler=...).
+    """
+
+    def __init__(self, num_images: int, batch: int, width: int, height: int, *, max_batches: int, seed: int = 0,
+                 start_iteration: int = 0, random: float = 0.0, resize_step: int = 32):
+        if num_images <= 0:
+            raise DataError("the training list has no images")
+        if batch <= 0:
+            raise ValueError(f"batch must be positive, got {batch}")
+        self.num_images, self.batch = num_images, batch
+        self.width, self.height = width, height
+        self.max_batches, self.seed, self.start_iteration = max_batches, seed, start_iteration
+        self.random, self.resize_step = random, resize_step
+
+    def __len__(self) -> int:
+        return max(0, self.max_batches - self.start_iteration)
+
+    def sizes(self) -> Iterator[Tuple[int, int]]:
+        """The network size of each iteration, start_iteration first."""
+        size = (self.width, self.height)
+        for iteration in range(self.start_iteration, self.max_batches):
+            rng = np.random.default_rng([_unsigned(self.seed), iteration, 1])
+            size = random_size(iteration, self.width, self.height, self.random, self.resize_step, rng=rng,
+                               start_iteration=self.start_iteration, max_batches=self.max_batches) or size
+            yield size
+
+    def __iter__(self) -> Iterator[List[SampleKey]]:
+        for iteration, (width, height) in zip(range(self.start_iteration, self.max_batches), self.sizes()):
+            rng = np.random.default_rng([_unsigned(self.seed), iteration, 0])
+            indices = rng.integers(0, self.num_images, self.batch)
+            yield [SampleKey(int(index), width, height, self.seed, iteration, slot)
+                   for slot, index in enumerate(indices)]
+
+
+# ------------------------------------------------------------------------------------------------ dataset
+
+class _ProblemLog:
+    """DataProblems' warn() interface, recording (kind, message) pairs to be replayed in the main process."""
+
+    def __init__(self) -> None:
+        self.items: List[Tuple[str, str]] = []
+
+    def warn(self, kind: str, message: str) -> None:
+        self.items.append((kind, message))
+
+
+class DetectionTrainSet(Dataset):
+    """A training list as Darknet's detector loader reads it; items are (image, truths, problems).
+
+    `dataset[SampleKey(...)]` gives a float32 tensor (3, h, w) RGB in [0, 1], a truths tensor (max, 5)
+    [x, y, w, h, class] padded with zeros (Darknet: a truth with x == 0 ends the list), and the data problems
+    met while making it (already recorded in `problems` when not in a loader worker). Unreadable images are
+    replaced by other randomly drawn ones and reported; missing/bad label lines are reported and skipped; an
+    empty label file is a negative image. Labels are read once per process and kept.
+    """
+
+    def __init__(self, image_paths: Sequence[str], config: AugmentConfig, problems: Optional[DataProblems] = None,
+                 list_file: Optional[str] = None):
+        self.list_file = list_file
+        self.image_paths = [resolve_path(p, list_file) if list_file else p for p in image_paths]
+        if not self.image_paths:
+            raise DataError(f"{list_file or 'training list'}: the list has no images")
+        self.config = config
+        self.problems = problems if problems is not None else DataProblems()
+        self._labels: dict = {}
+        self._unreadable: set = set()
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, key: SampleKey) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[str, str]]]:
+        if not isinstance(key, SampleKey):
+            raise TypeError("index the training set with SampleKey(index, width, height, ...) from IterationSampler")
+        log = _ProblemLog()
+        rng = key.rng()
+        image, truths = self.sample(key.index, key.width, key.height, rng, log)
+        padded = torch.zeros((self.config.max_boxes, 5), dtype=torch.float32)
+        padded[: len(truths)] = torch.from_numpy(truths)
+        return torch.from_numpy(np.ascontiguousarray(image)), padded, self._hand_over(log)
+
+    def sample(self, index: int, net_w: int, net_h: int, rng: np.random.Generator,
+               problems: Optional[DataProblems] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """make_training_sample for image `index` (more images for mosaic/mixup drawn at random)."""
+        problems = problems if problems is not None else self.problems
+
+        def sources(k: int) -> Source:
+            chosen = index if k == 0 else int(rng.integers(len(self)))
+            return self.load(chosen, rng, problems)
+
+        return make_training_sample(sources, net_w, net_h, self.config, rng, problems)
+
+    def load(self, index: int, rng: np.random.Generator, problems: Optional[DataProblems] = None) -> Source:
+        """Image `index` and its labels; an unreadable image is reported once and another one drawn instead."""
+        for _ in range(MAX_IMAGE_TRIES):
+            if index not in self._unreadable:
+                path = self.image_paths[index]
+                try:
+                    image = load_image(path)
+                except ImageError as error:
+                    report_missing_image(problems, path, _reason(error, path))
+                    self._unreadable.add(index)
+                else:
+                    labels_file = label_path(path)
+                    return image, self.labels(index, labels_file, problems), labels_file
+            index = int(rng.integers(len(self)))
+        raise DataError(f"{self.list_file or 'training list'}: no readable image in {MAX_IMAGE_TRIES} random draws "
+                        f"({len(self._unreadable)} of {len(self)} images failed to load)")
+
+    def labels(self, index: int, labels_file: str, problems: Optional[DataProblems]) -> np.ndarray:
+        if index not in self._labels:
+            self._labels[index] = read_labels(labels_file, self.config.classes, problems)
+        return self._labels[index]
+
+    def _hand_over(self, log: _ProblemLog) -> List[Tuple[str, str]]:
+        """In the main process record problems at once; from a worker send them back with the batch."""
+        if get_worker_info() is None:
+            for kind, message in log.items:
+                self.problems.warn(kind, message)
+            return []
+        return log.items
+
+
+def _reason(error: ImageError, path: str) -> str:
+    text = str(error)
+    prefix = f"{path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def collate_detections(items: Sequence[Tuple[torch.Tensor, torch.Tensor, List[Tuple[str, str]]]]
+                       ) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[str, str]]]:
+    """Stack a batch: images (B, 3, h, w), truths (B, max, 5), and the problems of all its samples."""
+    images = torch.stack([item[0] for item in items])
+    truths = torch.stack([item[1] for item in items])
+    problems = [problem for item in items for problem in item[2]]
+    return images, truths, problems
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: one OpenCV/torch thread per worker (workers already run in parallel).
+
+    No global random state needs seeding: every sample seeds its own generator from its SampleKey."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+class TrainBatches:
+    """Iterates a DataLoader of collate_detections batches, yielding (images, truths) and recording the problems
+    reported by worker processes in `problems` (DataProblems counts each distinct message once)."""
+
+    def __init__(self, loader: DataLoader, problems: DataProblems):
+        self.loader, self.problems = loader, problems
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        for images, truths, problems in self.loader:
+            for kind, message in problems:
+                self.problems.warn(kind, message)
+            yield images, truths
+
+
+def make_train_loader(dataset: DetectionTrainSet, sampler: IterationSampler, num_workers: int = 0,
+                      prefetch_factor: int = 2) -> TrainBatches:
+    """Batches of `sampler.batch` images per iteration (Darknet's batch, before subdivisions), loaded by
+    `num_workers` processes ahead of the training step as Darknet's loader thread does."""
+    extra = {"prefetch_factor": prefetch_factor, "persistent_workers": True} if num_workers > 0 else {}
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_detections,
+                        worker_init_fn=seed_worker if num_workers > 0 else None, **extra)
+    return TrainBatches(loader, dataset.problems)

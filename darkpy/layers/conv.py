@@ -1,0 +1,186 @@
+"""[convolutional] (src/convolutional_layer.c): grouped/dilated/strided conv, batch norm, activation, antialiasing."""
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from darkpy.layers.base import BuildContext, Layer, register
+
+BN_EPS = 1e-5  # Darknet's batch norm epsilon (.00001f)
+
+
+def darknet_conv_out(size_in: int, padding: int, size: int, stride: int) -> int:
+    """Darknet's output size; dilation is not part of it (convolutional_out_height)."""
+    return (size_in + 2 * padding - size) // stride + 1
+
+
+def darknet_conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
+    """Convolve with Darknet's geometry: taps at out*stride - padding*dilation + k*dilation, `out_hw` outputs.
+
+    For odd kernels with pad=size/2 this is exactly torch's conv2d. For other combinations (even kernels,
+    dilation with explicit padding) Darknet's output count differs from torch's: pad more on the right/bottom
+    (zeros, as im2col reads outside the image) and crop.
+    """
+    p = padding * dilation
+    out_h, out_w = out_hw
+    h, w = x.shape[-2:]
+    kh, kw = weight.shape[-2:]
+    torch_h = (h + 2 * p - dilation * (kh - 1) - 1) // stride[0] + 1
+    torch_w = (w + 2 * p - dilation * (kw - 1) - 1) // stride[1] + 1
+    if (torch_h, torch_w) == (out_h, out_w):
+        return F.conv2d(x, weight, bias, stride, p, dilation, groups)
+    need_h = (out_h - 1) * stride[0] + dilation * (kh - 1) + 1
+    need_w = (out_w - 1) * stride[1] + dilation * (kw - 1) + 1
+    x = F.pad(x, (p, max(p, need_w - w - p), p, max(p, need_h - h - p)))
+    y = F.conv2d(x, weight, bias, stride, 0, dilation, groups)
+    return y[..., :out_h, :out_w]
+
+
+def blur_kernel(antialiasing: int, channels: int) -> torch.Tensor:
+    """The fixed depthwise blur Darknet appends to antialiased layers: 3x3 binomial, or 2x2 box for mode 2."""
+    if antialiasing == 2:
+        k = torch.full((2, 2), 0.25)
+    else:
+        v = torch.tensor([1.0, 2.0, 1.0])
+        k = torch.outer(v, v) / 16.0
+    return k.expand(channels, 1, *k.shape).contiguous()
+
+
+class Antialias(nn.Module):
+    """The blur sub-layer (antialiasing=1|2): depthwise, stride of the host layer, weights not in .weights."""
+
+    def __init__(self, mode: int, channels: int, stride_y: int, stride_x: int, h: int, w: int):
+        super().__init__()
+        self.register_buffer("kernel", blur_kernel(mode, channels), persistent=False)
+        self.padding = 0 if mode == 2 else 1
+        self.stride = (stride_y, stride_x)
+        size = self.kernel.shape[-1]
+        self.out_hw = (darknet_conv_out(h, self.padding, size, stride_y), darknet_conv_out(w, self.padding, size,
+                                                                                             stride_x))
+
+    def forward(self, x):
+        return darknet_conv2d(x, self.kernel, None, self.stride, self.padding, 1, x.shape[1], self.out_hw)
+
+
+@register("convolutional")
+class ConvLayer(Layer):
+    """Convolution, then batch norm (no bias) or bias, then the activation; optional blur for antialiasing."""
+
+    def __init__(self, section, ctx: BuildContext):
+        super().__init__(section, ctx)
+        c, h, w = self.in_shape
+        s = section
+        self.unsupported_if_set(s, ("xnor", "binary", "flipped", "coordconv", "reverse", "dot"))
+        self.training_only(s, ("sway", "rotate", "stretch", "stretch_sway", "assisted_excitation", "grad_centr"))
+        s.get_float("angle", 15)
+        s.get_int("bin_output", 0)
+        n = s.get_int("filters", 1)
+        size = s.get_int("size", 1)
+        stride = s.get_int("stride", 1)
+        sx, sy = s.get_int("stride_x", -1), s.get_int("stride_y", -1)
+        stride_x = sx if sx >= 1 else stride
+        stride_y = sy if sy >= 1 else stride
+        dilation = s.get_int("dilation", 1)
+        if size == 1:
+            dilation = 1  # Darknet forces it
+        pad = s.get_int("pad", 0)
+        padding = size // 2 if pad else s.get_int("padding", 0)
+        groups = s.get_int("groups", 1)
+        self.batch_normalize = s.get_int("batch_normalize", 0) or (2 if s.get_int("cbn", 0) else 0)
+        self.antialiasing = s.get_int("antialiasing", 0)
+        self.activation_name, self.activation = self.activation_of(s, "logistic")
+        for key, value in (("filters", n), ("size", size), ("stride", min(stride_x, stride_y)),
+                           ("groups", groups), ("dilation", dilation)):
+            if value < 1:
+                raise s.error(f"must be at least 1, got {value}", key)
+        if padding < 0:
+            raise s.error(f"must not be negative, got {padding}", "padding")
+        if c % groups or n % groups:
+            raise s.error(f"groups={groups} must divide the input channels ({c}) and filters ({n})", "groups")
+
+        self.size, self.groups, self.dilation, self.padding = size, groups, dilation, padding
+        self.filters = n
+        # Antialiasing: the convolution itself runs with stride 1, the blur takes the stride.
+        conv_sy, conv_sx = (1, 1) if self.antialiasing else (stride_y, stride_x)
+        self.stride = (conv_sy, conv_sx)
+        out_h = darknet_conv_out(h, padding, size, conv_sy)
+        out_w = darknet_conv_out(w, padding, size, conv_sx)
+        if out_h < 1 or out_w < 1:
+            raise s.error(f"a {size}x{size} kernel with stride {stride} and padding {padding} gives no output "
+                          f"on a {w}x{h} input", "size")
+        self.conv_hw = (out_h, out_w)
+
+        share = s.get_int("share_index", None)
+        self.share_index = None
+        if share is not None:
+            self.share_index = ctx.resolve(s, "share_index", share)
+            other = ctx.layers[self.share_index]
+            if not isinstance(other, ConvLayer) or other.weight.shape != (n, c // groups, size, size) \
+                    or other.batch_normalize != self.batch_normalize:
+                raise s.error(f"layer {self.share_index} is not a convolution of the same shape", "share_index")
+            self.shared = [other]  # a list keeps the other layer out of this module's parameters
+        else:
+            fan_in = c // groups * size * size
+            bound = (2.0 / fan_in) ** 0.5  # Darknet's init: U(-1, 1) * sqrt(2 / fan_in)
+            self.weight = nn.Parameter(torch.empty(n, c // groups, size, size).uniform_(-bound, bound))
+            self.bias = nn.Parameter(torch.zeros(n))
+            if self.batch_normalize:
+                self.bn_weight = nn.Parameter(torch.ones(n))
+                self.register_buffer("running_mean", torch.zeros(n))
+                self.register_buffer("running_var", torch.zeros(n))  # calloc'd in Darknet
+        self.bn_momentum = 0.1  # Darknet's CPU rolling update (rolling = .9 rolling + .1 batch)
+        self.fused = False
+
+        self.blur = Antialias(self.antialiasing, n, stride_y, stride_x, out_h, out_w) if self.antialiasing else None
+        final_h, final_w = self.blur.out_hw if self.blur else (out_h, out_w)
+        self.out_shape = (n, final_h, final_w)
+
+    # Parameters live on the owner when share_index is used.
+    def _owner(self) -> "ConvLayer":
+        return self.shared[0] if self.share_index is not None else self
+
+    def forward(self, x, outputs):
+        owner = self._owner()
+        if self.batch_normalize and not owner.fused:
+            y = darknet_conv2d(x, owner.weight, None, self.stride, self.padding, self.dilation, self.groups,
+                               self.conv_hw)
+            y = F.batch_norm(y, owner.running_mean, owner.running_var, owner.bn_weight, owner.bias,
+                             self.training, self.bn_momentum, BN_EPS)
+        else:
+            y = darknet_conv2d(x, owner.weight, owner.bias, self.stride, self.padding, self.dilation, self.groups,
+                               self.conv_hw)
+        y = self.activation(y)
+        return self.blur(y) if self.blur is not None else y
+
+    def darknet_arrays(self) -> List[torch.Tensor]:
+        if self.share_index is not None:
+            return []  # Darknet skips layers that share another layer's weights
+        if self.batch_normalize and not self.dontloadscales:
+            return [self.bias, self.bn_weight, self.running_mean, self.running_var, self.weight]
+        return [self.bias, self.weight]
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Fold batch norm into the convolution as Darknet's fuse_conv_batchnorm does (computed in double)."""
+        if not self.batch_normalize or self.fused or self.share_index is not None:
+            return
+        scale = self.bn_weight.double() / torch.sqrt(self.running_var.double() + BN_EPS)
+        self.bias.copy_((self.bias.double() - scale * self.running_mean.double()).float())
+        self.weight.copy_((self.weight.double() * scale.view(-1, 1, 1, 1)).float())
+        self.fused = True
+
+    def bflops(self) -> float:
+        n, c = self.filters, self.in_shape[0]
+        nweights = c // self.groups * n * self.size * self.size
+        return 2.0 * nweights * self.conv_hw[0] * self.conv_hw[1] / 1e9
+
+    def describe(self) -> str:
+        s = f"{self.filters:5d}"
+        if self.groups > 1:
+            s += f"/{self.groups:4d}"
+        stride = self.blur.stride if self.blur else self.stride
+        s += f" {self.size:2d} x{self.size:2d}/{stride[1]:2d}"
+        if self.dilation > 1:
+            s += f" (dil {self.dilation})"
+        return s

@@ -1,0 +1,111 @@
+"""Pooling: [maxpool] (src/maxpool_layer.c), [local_avgpool], [avgpool] (src/avgpool_layer.c)."""
+import torch
+import torch.nn.functional as F
+
+from darkpy.layers.base import BuildContext, Layer, register
+from darkpy.layers.conv import Antialias
+
+FLT_MAX = torch.finfo(torch.float32).max  # Darknet's out-of-image taps count as -FLT_MAX
+
+
+class _WindowPool(Layer):
+    """Geometry shared by maxpool and local_avgpool: `padding` is the *total* padding, the window starts at
+    -padding/2 (C integer division), so odd padding puts the extra row/column on the right/bottom."""
+
+    def __init__(self, section, ctx: BuildContext):
+        super().__init__(section, ctx)
+        c, h, w = self.in_shape
+        s = section
+        stride = s.get_int("stride", 1)
+        self.stride_x = s.get_int("stride_x", stride)
+        self.stride_y = s.get_int("stride_y", stride)
+        self.size = s.get_int("size", stride)
+        self.padding = s.get_int("padding", self.size - 1)
+        for key, value in (("size", self.size), ("stride", min(self.stride_x, self.stride_y))):
+            if value < 1:
+                raise s.error(f"must be at least 1, got {value}", key)
+        self.out_hw = ((h + self.padding - self.size) // self.stride_y + 1,
+                       (w + self.padding - self.size) // self.stride_x + 1)
+        if min(self.out_hw) < 1:
+            raise s.error(f"a {self.size}x{self.size} window gives no output on a {w}x{h} input", "size")
+        self.out_shape = (c, *self.out_hw)
+
+    def _pad(self, x, value):
+        """Pad so that plain unpadded pooling visits exactly Darknet's windows; returns the padded input."""
+        h, w = x.shape[-2:]
+        left = top = self.padding // 2
+        right = max(0, (self.out_hw[1] - 1) * self.stride_x - left + self.size - w)
+        bottom = max(0, (self.out_hw[0] - 1) * self.stride_y - top + self.size - h)
+        return F.pad(x, (left, right, top, bottom), value=value)
+
+    def _crop(self, y):
+        return y[..., :self.out_hw[0], :self.out_hw[1]]
+
+    def bflops(self) -> float:
+        return self.size * self.size * self.in_shape[0] * self.out_hw[0] * self.out_hw[1] / 1e9
+
+    def describe(self) -> str:
+        return f"      {self.size:2d}x{self.size:2d}/{self.stride_x:2d}"
+
+
+@register("maxpool")
+class MaxPoolLayer(_WindowPool):
+    def __init__(self, section, ctx: BuildContext):
+        super().__init__(section, ctx)
+        s = section
+        self.unsupported_if_set(s, ("maxpool_zero_nonmax",))
+        self.depth = s.get_int("maxpool_depth", 0)
+        self.out_channels = s.get_int("out_channels", 1)
+        self.antialiasing = s.get_int("antialiasing", 0)
+        c, h, w = self.in_shape
+        self.blur = None
+        if self.depth:
+            # Channel-wise max: out channel g = max over input channels g, g + out_c, g + 2 out_c, ...
+            if self.out_channels < 1:
+                raise s.error("must be at least 1", "out_channels")
+            self.out_shape = (self.out_channels, h, w)
+            return
+        if self.antialiasing:
+            # As in Darknet: the max runs with stride 1, the blur takes the stride.
+            sx, sy = self.stride_x, self.stride_y
+            self.stride_x = self.stride_y = 1
+            self.out_hw = (h + self.padding - self.size + 1, w + self.padding - self.size + 1)
+            self.blur = Antialias(self.antialiasing, c, sy, sx, *self.out_hw)
+            self.out_shape = (c, *self.blur.out_hw)
+
+    def forward(self, x, outputs):
+        if self.depth:
+            b, c, h, w = x.shape
+            groups = -(-c // self.out_channels)
+            padded = F.pad(x, (0, 0, 0, 0, 0, groups * self.out_channels - c), value=-FLT_MAX)
+            return padded.view(b, groups, self.out_channels, h, w).amax(dim=1)
+        y = F.max_pool2d(self._pad(x, -FLT_MAX), self.size, (self.stride_y, self.stride_x))
+        y = self._crop(y)
+        return self.blur(y) if self.blur is not None else y
+
+    def bflops(self) -> float:
+        return 0.0 if self.depth else super().bflops()
+
+
+@register("local_avgpool")
+class LocalAvgPoolLayer(_WindowPool):
+    """Average over the taps inside the image only (padding is not counted)."""
+
+    def forward(self, x, outputs):
+        stride = (self.stride_y, self.stride_x)
+        total = F.avg_pool2d(self._pad(x, 0.0), self.size, stride, divisor_override=1)
+        ones = torch.ones(1, 1, *x.shape[-2:], dtype=x.dtype, device=x.device)
+        count = F.avg_pool2d(self._pad(ones, 0.0), self.size, stride, divisor_override=1)
+        return self._crop(total / count.clamp(min=1))
+
+
+@register("avgpool")
+class AvgPoolLayer(Layer):
+    """Global average: (c, h, w) -> (c, 1, 1)."""
+
+    def __init__(self, section, ctx: BuildContext):
+        super().__init__(section, ctx)
+        self.out_shape = (self.in_shape[0], 1, 1)
+
+    def forward(self, x, outputs):
+        return x.mean(dim=(2, 3), keepdim=True)

@@ -1,0 +1,137 @@
+"""The network built from a cfg: Darknet(nn.Module) (src/parser.c parse_network_cfg, src/network.c)."""
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from darkpy.cfg import Section, parse_cfg, warn_unused
+from darkpy.layers import LAYER_TYPES, UNSUPPORTED, BuildContext, Layer
+from darkpy.layers.heads import _Head
+
+# [net] keys Darknet reads (parse_net_options); the trainer interprets them, the model keeps them as strings.
+NET_KEYS = (
+    "batch", "subdivisions", "width", "height", "channels", "inputs", "max_batches", "learning_rate",
+    "learning_rate_min", "momentum", "decay", "policy", "burn_in", "power", "step", "scale", "steps", "scales",
+    "seq_scales", "gamma", "sgdr_cycle", "sgdr_mult", "time_steps", "track", "augment_speed",
+    "sequential_subdivisions", "try_fix_nan", "weights_reject_freq", "equidistant_point",
+    "badlabels_rejection_percentage", "num_sigmas_reject_badlabels", "ema_alpha", "use_cuda_graph", "loss_scale",
+    "dynamic_minibatch", "optimized_memory", "workspace_size_limit_MB", "adam", "B1", "B2", "eps", "max_crop",
+    "min_crop", "flip", "blur", "gaussian_noise", "mixup", "cutmix", "mosaic", "letter_box", "mosaic_bound",
+    "contrastive", "contrastive_jit_flip", "contrastive_color", "unsupervised", "label_smooth_eps", "resize_step",
+    "attention", "adversarial_lr", "max_chart_loss", "angle", "aspect", "saturation", "exposure", "hue",
+    "show_receptive_field", "center", "min_lr", "rand_scale",
+)
+
+ModelOutput = Union[List[torch.Tensor], torch.Tensor]
+
+
+class Darknet(nn.Module):
+    """A Darknet network. forward(x) returns one (B, A, E, H, W) tensor per detection head, or, for a network
+    without heads (a classifier), the output of its last layer that is not a [cost] layer."""
+
+    def __init__(self, sections: Sequence[Section], width: Optional[int] = None, height: Optional[int] = None):
+        super().__init__()
+        net = sections[0]
+        self.cfg_path = net.file
+        self.net: Dict[str, str] = {k: o.value for k, o in net.options.items()}
+        for key in NET_KEYS:
+            net.raw(key)
+        self.width = self._size(net, "width", width)
+        self.height = self._size(net, "height", height)
+        self.channels = self._size(net, "channels", None)
+        self.letter_box = bool(net.get_int("letter_box", 0))
+        self.seen = 0
+        self.weights_version = None
+        self.is_fused = False
+
+        ctx = BuildContext(index=0, input_shape=(self.channels, self.height, self.width))
+        for index, section in enumerate(sections[1:]):
+            ctx.index = index
+            layer = self._build(section, ctx)
+            ctx.layers.append(layer)
+            ctx.shapes.append(layer.out_shape)
+        if not ctx.layers:
+            raise net.error("the cfg has no layers after [net]")
+        self.layers = nn.ModuleList(ctx.layers)
+        self.heads: List[_Head] = [layer for layer in ctx.layers if isinstance(layer, _Head)]
+        read_later = {i for layer in ctx.layers for i in layer.inputs}
+        self._keep = [i in read_later for i in range(len(ctx.layers))]
+        self.output_index = max(i for i, layer in enumerate(ctx.layers) if layer.type != "cost")
+        warn_unused(sections)
+
+    @staticmethod
+    def _size(net: Section, key: str, override: Optional[int]) -> int:
+        value = override if override is not None else net.get_int(key, 0)
+        if value is None or value < 1:
+            raise net.error(f"must be a positive integer (got {value})", key)
+        return value
+
+    @staticmethod
+    def _build(section: Section, ctx: BuildContext) -> Layer:
+        if section.type in UNSUPPORTED:
+            raise section.error(UNSUPPORTED[section.type] + " by darkpy")
+        cls = LAYER_TYPES.get(section.type)
+        if cls is None:
+            raise section.error(f"unknown section type (Darknet: 'Type not recognized'); known: "
+                                f"{', '.join(sorted(LAYER_TYPES))}")
+        return cls(section, ctx)
+
+    @classmethod
+    def from_cfg(cls, path: Union[str, Path], width: Optional[int] = None,
+                 height: Optional[int] = None) -> "Darknet":
+        """Build the network a cfg file describes, optionally at another input size than its [net] states."""
+        return cls(parse_cfg(path), width=width, height=height)
+
+    # ---- running ---------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, keep_all: bool = False) -> ModelOutput:
+        outputs = self.forward_layers(x, keep_all=keep_all)
+        if self.heads:
+            return [outputs[head.index] for head in self.heads]
+        return outputs[self.output_index]
+
+    def forward_layers(self, x: torch.Tensor, keep_all: bool = True) -> List[Optional[torch.Tensor]]:
+        """Every layer's output (entries no later layer reads are dropped unless keep_all)."""
+        expected = (self.channels, self.height, self.width)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"{self.cfg_path}: the network takes (batch, {expected[0]}, {expected[1]}, "
+                             f"{expected[2]}) input, got {tuple(x.shape)}")
+        outputs: List[Optional[torch.Tensor]] = []
+        keep_heads = {head.index for head in self.heads} | {self.output_index}
+        for i, layer in enumerate(self.layers):
+            x = layer(x, outputs)
+            outputs.append(x if keep_all or self._keep[i] or i in keep_heads else None)
+        return outputs
+
+    # ---- weights ---------------------------------------------------------------------------------------------
+    def load_weights(self, path: Union[str, Path], upto: Optional[int] = None):
+        """Load a Darknet .weights file (full or partial); returns a darkpy.weights.LoadReport."""
+        from darkpy.weights import load_weights
+        return load_weights(self, path, upto)
+
+    def save_weights(self, path: Union[str, Path], upto: Optional[int] = None, seen: Optional[int] = None) -> None:
+        from darkpy.weights import save_weights
+        save_weights(self, path, upto=upto, seen=seen)
+
+    def count_weight_floats(self, upto: Optional[int] = None) -> int:
+        layers = list(self.layers)[:upto] if upto is not None else list(self.layers)
+        return sum(t.numel() for layer in layers for t in layer.darknet_arrays())
+
+    def cfg_location(self, layer: Layer) -> str:
+        return f"{layer.section.file}:{layer.section.line}"
+
+    def fuse(self) -> "Darknet":
+        """Fold batch norm into convolutions for inference, as Darknet does when it loads a detector."""
+        for layer in self.layers:
+            if hasattr(layer, "fuse"):
+                layer.fuse()
+        self.is_fused = True
+        return self
+
+    # ---- description -----------------------------------------------------------------------------------------
+    def num_parameters(self) -> int:
+        """Learned floats: what a .weights file stores (batch-norm running statistics excluded)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def total_bflops(self) -> float:
+        return sum(layer.bflops() for layer in self.layers)

@@ -1,0 +1,161 @@
+"""Darknet's .weights format (src/parser.c load_weights_upto / save_weights_upto).
+
+Header: int32 major, minor, revision; then `seen` (images trained on) as uint64 when major*10+minor >= 2, else
+uint32. Connected-layer weights are stored transposed when major or minor > 1000. Then float32 arrays, layer by
+layer in cfg order, in the order each layer's `darknet_arrays()` lists them.
+
+A file that ends exactly between two layers is a partial file (`*.conv.N`): loading stops there and reports
+how many layers were filled. A file that ends inside a layer, or that has floats left over, is an error.
+"""
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from darkpy.model import Darknet
+
+DEFAULT_VERSION = (0, 2, 5)  # what this Darknet writes (src/version.h)
+
+
+class WeightsError(ValueError):
+    """A .weights file that does not fit its cfg (named with both files and the counts)."""
+
+
+@dataclass
+class WeightsHeader:
+    major: int
+    minor: int
+    revision: int
+    seen: int
+
+    @property
+    def seen_is_64bit(self) -> bool:
+        return self.major * 10 + self.minor >= 2
+
+    @property
+    def transpose(self) -> bool:
+        return self.major > 1000 or self.minor > 1000
+
+    @property
+    def size(self) -> int:
+        return 12 + (8 if self.seen_is_64bit else 4)
+
+    def pack(self) -> bytes:
+        fmt = "<iiiQ" if self.seen_is_64bit else "<iiiI"
+        return struct.pack(fmt, self.major, self.minor, self.revision, self.seen)
+
+
+@dataclass
+class LoadReport:
+    """What load_weights filled: `layers_loaded` of the `layers_with_weights` layers that have arrays."""
+
+    path: str
+    header: WeightsHeader
+    layers_loaded: int
+    layers_with_weights: int
+    last_layer: int  # index of the last layer filled, -1 if none
+    floats: int
+
+    @property
+    def complete(self) -> bool:
+        return self.layers_loaded == self.layers_with_weights
+
+
+def read_header(data: bytes, path: str) -> WeightsHeader:
+    if len(data) < 16:
+        raise WeightsError(f"{path}: {len(data)} bytes is too short for a Darknet weights header")
+    major, minor, revision = struct.unpack_from("<iii", data, 0)
+    header = WeightsHeader(major, minor, revision, 0)
+    if header.seen_is_64bit:
+        if len(data) < 20:
+            raise WeightsError(f"{path}: {len(data)} bytes is too short for a version {major}.{minor} header")
+        header.seen = struct.unpack_from("<Q", data, 12)[0]
+    else:
+        header.seen = struct.unpack_from("<I", data, 12)[0]
+    return header
+
+
+def _is_transposed_connected(layer, tensor) -> bool:
+    return layer.type == "connected" and tensor is layer.weight
+
+
+def load_weights(model: "Darknet", path: Union[str, Path], upto: Optional[int] = None) -> LoadReport:
+    """Fill `model` (layers [0, upto)) from a Darknet .weights file; see the module docstring for the rules."""
+    path = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read weights file: {e.strerror}") from None
+    header = read_header(data, path)
+    payload = len(data) - header.size
+    if payload % 4:
+        raise WeightsError(f"{path}: {payload} bytes after the header is not a whole number of float32 values "
+                           f"(the file is truncated or not a Darknet weights file)")
+    floats = np.frombuffer(data, dtype="<f4", offset=header.size)
+    layers = list(model.layers)[:upto] if upto is not None else list(model.layers)
+    offset, loaded, last = 0, 0, -1
+    with_weights = [layer for layer in layers if layer.darknet_arrays() and not layer.dontload]
+    for layer in with_weights:
+        arrays = layer.darknet_arrays()
+        if offset == len(floats):
+            break  # a partial file (*.conv.N) stops between two layers
+        for tensor in arrays:
+            count = tensor.numel()
+            if offset + count > len(floats):
+                raise WeightsError(
+                    f"{path}: the file ends inside layer {layer.index} ([{layer.type}], {model.cfg_location(layer)}):"
+                    f" it needs {count} floats at float {offset}, only {len(floats) - offset} are left "
+                    f"(the cfg needs {model.count_weight_floats(upto)} floats in all, the file has {len(floats)})")
+            values = torch.from_numpy(floats[offset:offset + count].copy())
+            if header.transpose and _is_transposed_connected(layer, tensor):
+                values = values.view(tensor.shape[1], tensor.shape[0]).t()
+            with torch.no_grad():
+                tensor.copy_(values.reshape(tensor.shape))
+            offset += count
+        loaded += 1
+        last = layer.index
+    if offset < len(floats) and upto is None:
+        raise WeightsError(f"{path}: {len(floats) - offset} floats are left over: the cfg "
+                           f"{model.cfg_path} needs {offset} floats, the file has {len(floats)} (wrong cfg for these "
+                           f"weights, or wrong classes/filters?)")
+    model.seen = header.seen
+    model.weights_version = (header.major, header.minor, header.revision)
+    return LoadReport(path, header, loaded, len(with_weights), last, offset)
+
+
+def save_weights(model: "Darknet", path: Union[str, Path], upto: Optional[int] = None,
+                 seen: Optional[int] = None, version: Optional[Tuple[int, int, int]] = None) -> None:
+    """Write a .weights file Darknet reads, atomically (a temp file in the same folder, then a rename).
+
+    The header keeps the version the weights were loaded with when it has a 64-bit `seen` (so load -> save is
+    byte-identical), else Darknet's current 0.2.5.
+    """
+    if model.is_fused:
+        raise WeightsError("a model with batch norm folded (fuse()) cannot be saved: the file would not match "
+                           "its cfg; save before fusing")
+    version = version or model.weights_version or DEFAULT_VERSION
+    header = WeightsHeader(*version, seen=model.seen if seen is None else seen)
+    if not header.seen_is_64bit or header.transpose:
+        header = WeightsHeader(*DEFAULT_VERSION, seen=header.seen)
+    path = Path(path)
+    layers = list(model.layers)[:upto] if upto is not None else list(model.layers)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent) or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header.pack())
+            for layer in layers:
+                for tensor in layer.darknet_arrays():
+                    f.write(tensor.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,26 @@
+"""Shared test fixtures: where ../shared lies, and skips when it is absent."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DARKPY_SHARED_DIR", REPO.parent / "shared"))
+ORACLE = Path(os.environ.get("DARKPY_ORACLE_DIR", SHARED / "oracle"))
+
+
+def require(path: Path) -> Path:
+    """Skip the calling test with a clear reason when a ../shared resource is missing."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent (tests that compare with C Darknet need ../shared beside the checkout)")
+    return path
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    return require(SHARED)
+
+
+@pytest.fixture
+def oracle_dir() -> Path:
+    return require(ORACLE)
