@@ -113,6 +113,8 @@ class AugmentConfig:
             raise ValueError("[net] letter_box=1 and mosaic=1 cannot be combined (Darknet refuses it too)")
         if self.classes <= 0 or self.max_boxes <= 0:
             raise ValueError(f"classes ({self.classes}) and max ({self.max_boxes}) must be positive")
+        if self.resize <= 0 or self.jitter < 0:
+            raise ValueError(f"resize ({self.resize}) must be positive and jitter ({self.jitter}) not negative")
 
     @property
     def mosaic(self) -> bool:
@@ -298,8 +300,8 @@ def _push_to_corner(tile: int, flip: bool, pleft: int, pright: int, ptop: int,
 
     The horizontal side is mirrored when the tile will be flipped.
     """
-    to_right = (tile in (0, 2)) != flip  # content pushed against the right edge of the tile's crop
-    if to_right:
+    slack_to_right = (tile in (0, 2)) != flip  # the left/right offsets both go to the right side
+    if slack_to_right:
         pright, pleft = pright + pleft, 0
     else:
         pleft, pright = pleft + pright, 0
@@ -555,8 +557,9 @@ def mosaic_truths(existing: np.ndarray, tile_truths: np.ndarray, tile: int, net_
 def _make_mosaic(sources: Callable[[int], Source], net_w: int, net_h: int, config: AugmentConfig,
                  rng: np.random.Generator, problems: Optional[DataProblems]) -> Tuple[np.ndarray, np.ndarray]:
     """Four images, each jittered on its own, cut at a random point in [0.2, 0.8] of the network size."""
-    cut_x = int(rng.integers(int(net_w * MOSAIC_MIN_OFFSET), int(net_w * (1 - MOSAIC_MIN_OFFSET)) + 1))
-    cut_y = int(rng.integers(int(net_h * MOSAIC_MIN_OFFSET), int(net_h * (1 - MOSAIC_MIN_OFFSET)) + 1))
+    low, high = F32(MOSAIC_MIN_OFFSET), F32(1) - F32(MOSAIC_MIN_OFFSET)
+    cut_x = int(rng.integers(int(F32(net_w) * low), int(F32(net_w) * high) + 1))  # rand_int: both ends included
+    cut_y = int(rng.integers(int(F32(net_h) * low), int(F32(net_h) * high) + 1))
     canvas = np.zeros((net_h, net_w, 3), np.uint8)
     truths = np.zeros((0, 5), F32)
     for tile in range(4):

@@ -296,15 +296,30 @@ def _class_probs(objectness: np.ndarray, scores: np.ndarray, thresh: F32) -> np.
     return np.where(probs > thresh, probs, F32(0)).astype(F32)
 
 
+def _fast_math_reciprocal(ratio: F32) -> F32:
+    """`1 / ratio` (float) as Darknet's release build computes it in correct_yolo_boxes.
+
+    Darknet is compiled with -Ofast, and GCC then computes a float reciprocal with RCPPS plus one
+    Newton-Raphson step (GCC manual, -mrecip: "the inverse of 1.0 equals 0.99999994"). For ratio 1 (every box
+    without letterbox, and the unpadded side with it) Darknet's w and h are therefore one float ulp below the
+    exact value; the C Darknet fixtures show it for every box. Other ratios match the exact division there."""
+    if ratio == F32(1):
+        return np.nextafter(F32(1), F32(0))
+    return F32(1) / ratio
+
+
 def correct_boxes(xywh: np.ndarray, image_wh: Tuple[int, int], net_wh: Tuple[int, int], letter_box: bool,
                   gaussian: bool = False) -> np.ndarray:
     """Undo the letterbox (correct_yolo_boxes; correct_gaussian_yolo_boxes with gaussian=True).
 
-    Without letterbox the boxes are already relative to the image and stay bit-identical."""
-    if not letter_box or len(xywh) == 0:
+    Without letterbox the ratios are 1 and only the fast-math reciprocal touches w and h."""
+    if len(xywh) == 0:
         return xywh
     net_w, net_h = net_wh
-    new_w, new_h = letterbox_size(image_wh[0], image_wh[1], net_w, net_h)
+    if letter_box:
+        new_w, new_h = letterbox_size(image_wh[0], image_wh[1], net_w, net_h)
+    else:
+        new_w, new_h = net_w, net_h
     x, y, w, h = (xywh[:, i] for i in range(4))
     if gaussian:
         # b.x = (b.x - (netw - new_w)/2./netw) / ((float)new_w/netw); b.w *= (float)netw/new_w
@@ -317,8 +332,8 @@ def correct_boxes(xywh: np.ndarray, image_wh: Tuple[int, int], net_wh: Tuple[int
         ratio_w, ratio_h = F32(new_w) / F32(net_w), F32(new_h) / F32(net_h)
         x = (x.astype(np.float64) - np.float64(F32(net_w - new_w)) / 2.0 / net_w) / np.float64(ratio_w)
         y = (y.astype(np.float64) - np.float64(F32(net_h - new_h)) / 2.0 / net_h) / np.float64(ratio_h)
-        w = w * (F32(1) / ratio_w)
-        h = h * (F32(1) / ratio_h)
+        w = w * _fast_math_reciprocal(ratio_w)
+        h = h * _fast_math_reciprocal(ratio_h)
     return np.stack([x.astype(F32), y.astype(F32), w.astype(F32), h.astype(F32)], axis=1)
 
 

@@ -16,14 +16,15 @@ an image's list.
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from darkpy import boxes
+
 FLT_MAX = 3.4028234663852886e38  # Darknet's default max_delta (FLT_MAX): no clipping
 IOU_KINDS = ("iou", "giou", "diou", "ciou")
-M_PI = 3.141592  # Darknet's box.c defines M_PI this way when math.h does not
 
 
 class LossError(ValueError):
@@ -197,83 +198,21 @@ class RegionLossOptions:
 Box = Tuple[float, float, float, float]  # centre x, centre y, w, h
 
 
-def _overlap(x1: float, w1: float, x2: float, w2: float) -> float:
-    left = max(x1 - w1 / 2, x2 - w2 / 2)
-    right = min(x1 + w1 / 2, x2 + w2 / 2)
-    return right - left
+def _as_box(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32)
 
 
-def box_iou(a: Box, b: Box) -> float:
-    """box.c box_iou: 0 when the intersection or the union is 0."""
-    w = _overlap(a[0], a[2], b[0], b[2])
-    h = _overlap(a[1], a[3], b[1], b[3])
-    inter = 0.0 if (w < 0 or h < 0) else w * h
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    if inter == 0 or union == 0:
-        return 0.0
-    return inter / union
-
-
-def _enclosing(a: Box, b: Box) -> Tuple[float, float]:
-    """Width and height of the smallest box holding a and b (box.c box_c)."""
-    top = min(a[1] - a[3] / 2, b[1] - b[3] / 2)
-    bot = max(a[1] + a[3] / 2, b[1] + b[3] / 2)
-    left = min(a[0] - a[2] / 2, b[0] - b[2] / 2)
-    right = max(a[0] + a[2] / 2, b[0] + b[2] / 2)
-    return right - left, bot - top
-
-
-def box_giou(a: Box, b: Box) -> float:
-    w, h = _enclosing(a, b)
-    c = w * h
-    iou = box_iou(a, b)
-    if c == 0:
-        return iou
-    inter_w = _overlap(a[0], a[2], b[0], b[2])
-    inter_h = _overlap(a[1], a[3], b[1], b[3])
-    inter = 0.0 if (inter_w < 0 or inter_h < 0) else inter_w * inter_h
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return iou - (c - union) / c
-
-
-def box_diou(a: Box, b: Box) -> float:
-    """box.c box_diou: note Darknet raises the normalised centre distance to the power 0.6."""
-    w, h = _enclosing(a, b)
-    c = w * w + h * h
-    iou = box_iou(a, b)
-    if c == 0:
-        return iou
-    d = (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2
-    return iou - (d / c) ** 0.6
-
-
-def box_ciou(a: Box, b: Box) -> float:
-    w, h = _enclosing(a, b)
-    c = w * w + h * h
-    iou = box_iou(a, b)
-    if c == 0:
-        return iou
-    d = ((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2) / c
-    ar_term = _aspect_term(a, b)
-    alpha = ar_term / (1 - iou + ar_term + 0.000001)
-    return iou - (d + alpha * ar_term)
-
-
-def _aspect_term(pred: Box, truth: Box) -> float:
-    diff = _safe_atan_ratio(truth) - _safe_atan_ratio(pred)
-    return 4 / (M_PI * M_PI) * diff * diff
+def _iou_kind(a: np.ndarray, b: np.ndarray, kind: str) -> np.ndarray:
+    """box_iou_kind (src/box.c) on float32 arrays (..., 4), via darkpy.boxes."""
+    return {"iou": boxes.box_iou, "giou": boxes.box_giou, "diou": boxes.box_diou, "ciou": boxes.box_ciou}[kind](a, b)
 
 
 def _safe_atan_ratio(box: Box) -> float:
-    """atan(w/h) as C computes it: w/0 is +inf (atan -> pi/2), 0/0 is NaN."""
+    """atan(w/h) as C computes it: w/0 is +-inf (atan -> +-pi/2), 0/0 is NaN."""
     w, h = box[2], box[3]
     if h == 0:
         return math.nan if w == 0 else math.copysign(math.pi / 2, w)
     return math.atan(w / h)
-
-
-def box_iou_kind(a: Box, b: Box, kind: str) -> float:
-    return {"iou": box_iou, "giou": box_giou, "diou": box_diou, "ciou": box_ciou}[kind](a, b)
 
 
 def dx_box_iou(pred: Box, truth: Box, kind: str) -> Tuple[float, float, float, float]:
@@ -344,11 +283,11 @@ def dx_box_iou(pred: Box, truth: Box, kind: str) -> Tuple[float, float, float, f
         ar_dw = ar_dh = alpha = 0.0
         if kind == "ciou":
             diff = _safe_atan_ratio(truth) - _safe_atan_ratio(pred)
-            ar_term = 4 / (M_PI * M_PI) * diff * diff
+            ar_term = 4 / (math.pi * math.pi) * diff * diff
             iou_part = inter / union if union != 0 else math.nan
             alpha = ar_term / (1 - iou_part + ar_term + 0.000001)
-            ar_dw = 8 / (M_PI * M_PI) * diff * ph
-            ar_dh = -8 / (M_PI * M_PI) * diff * pw
+            ar_dw = 8 / (math.pi * math.pi) * diff * ph
+            ar_dh = -8 / (math.pi * math.pi) * diff * pw
 
         def centre_terms():
             cc = c * c if c != 0 else math.nan
@@ -404,21 +343,6 @@ def _valid_counts(truths: np.ndarray) -> np.ndarray:
     return first_end.astype(np.int64)
 
 
-def _iou_matrix(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """box_iou between (B, N, 4) predictions and (B, T, 4) truths -> (B, N, T), Darknet's rules (0 if I or U is 0)."""
-    p = pred[:, :, None, :]
-    t = truth[:, None, :, :]
-    w = np.minimum(p[..., 0] + p[..., 2] / 2, t[..., 0] + t[..., 2] / 2) - \
-        np.maximum(p[..., 0] - p[..., 2] / 2, t[..., 0] - t[..., 2] / 2)
-    h = np.minimum(p[..., 1] + p[..., 3] / 2, t[..., 1] + t[..., 3] / 2) - \
-        np.maximum(p[..., 1] - p[..., 3] / 2, t[..., 1] - t[..., 3] / 2)
-    inter = np.where((w < 0) | (h < 0), np.float32(0), w * h)
-    union = p[..., 2] * p[..., 3] + t[..., 2] * t[..., 3] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where((inter == 0) | (union == 0), np.float32(0), inter / np.where(union == 0, 1, union))
-    return np.nan_to_num(iou, nan=0.0).astype(np.float32)
-
-
 def _best_truth_per_cell(pred: np.ndarray, truths: np.ndarray, counts: np.ndarray, classes: int,
                          skip_negative_classes: bool) -> Tuple[np.ndarray, np.ndarray]:
     """For every cell and anchor, the best IoU with a usable truth and that truth's index, shaped (B, A, H, W).
@@ -437,7 +361,8 @@ def _best_truth_per_cell(pred: np.ndarray, truths: np.ndarray, counts: np.ndarra
             usable &= class_ids >= 0
         if not usable.any():
             continue
-        iou = _iou_matrix(pred[b].reshape(1, -1, 4), rows[None, :, :4])[0]  # (cells, T)
+        cells = np.ascontiguousarray(pred[b].reshape(-1, 4), dtype=np.float32)
+        iou = np.nan_to_num(boxes.box_iou(cells[:, None, :], rows[None, :, :4]), nan=0.0)  # (cells, T)
         iou[:, ~usable] = 0
         best_iou[b] = iou.max(axis=1).reshape(shape[1:])
         best_t[b] = iou.argmax(axis=1).reshape(shape[1:])
@@ -469,7 +394,8 @@ class _YoloImage:
         if d[0] or d[1] or d[2] or d[3]:
             self.stats.rewritten_bbox += 1
         pred = self.pred_box(n_mask, anchor, j, i)
-        iou, giou = box_iou(pred, truth), box_giou(pred, truth)
+        pred_arr, truth_arr = _as_box(pred), _as_box(truth)
+        iou, giou = float(boxes.box_iou(pred_arr, truth_arr)), float(boxes.box_giou(pred_arr, truth_arr))
         o = self.out[self.b, n_mask, :4, j, i]
         if opt.iou_loss == "mse":
             aw, ah = float(opt.anchors[anchor, 0]), float(opt.anchors[anchor, 1])
@@ -564,23 +490,27 @@ class _YoloImage:
             i = min(int(np.float32(x) * np.float32(self.w)), self.w - 1)
             j = min(int(np.float32(y) * np.float32(self.h)), self.h - 1)
             truth = (x, y, w, h)
-            shape = (0.0, 0.0, w, h)
-            best_n, best_iou = 0, 0.0
-            for n in range(len(opt.anchors)):
-                iou = box_iou((0.0, 0.0, opt.anchors[n, 0] / self.net_w, opt.anchors[n, 1] / self.net_h), shape)
-                if iou > best_iou:
-                    best_iou, best_n = iou, n
+            shape = _as_box((0.0, 0.0, w, h))
+            anchor_boxes = np.zeros((len(opt.anchors), 4), dtype=np.float32)
+            anchor_boxes[:, 2] = opt.anchors[:, 0] / np.float32(self.net_w)
+            anchor_boxes[:, 3] = opt.anchors[:, 1] / np.float32(self.net_h)
+            best_n = _first_max_index(boxes.box_iou(anchor_boxes, shape))
             if best_n in opt.mask:
                 self.assign(truth, class_id, opt.mask.index(best_n), best_n, j, i)
             if opt.iou_thresh < 1.0:
-                for n in range(len(opt.anchors)):
-                    if n == best_n or n not in opt.mask:
-                        continue
-                    anchor_box = (0.0, 0.0, opt.anchors[n, 0] / self.net_w, opt.anchors[n, 1] / self.net_h)
-                    if box_iou_kind(anchor_box, shape, opt.iou_thresh_kind) > opt.iou_thresh:
-                        self.assign(truth, class_id, opt.mask.index(n), n, j, i)
+                extra = _iou_kind(anchor_boxes, shape, opt.iou_thresh_kind) > opt.iou_thresh
+                for n in np.nonzero(extra)[0]:
+                    if n != best_n and n in opt.mask:
+                        self.assign(truth, class_id, opt.mask.index(int(n)), int(n), j, i)
         if opt.iou_thresh < 1.0:
             _average_box_deltas(self.delta[self.b])
+
+
+def _first_max_index(values: np.ndarray) -> int:
+    """Darknet's `if (v > best) best = v` from 0: the first index of the largest positive value, else 0."""
+    values = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0)
+    best = int(np.argmax(values)) if values.size else 0
+    return best if values.size and values[best] > 0 else 0
 
 
 def _log(v: float) -> float:
@@ -794,21 +724,20 @@ def _region_positive(out, delta, b, truth_row, opt: RegionLossOptions, stats: He
     i = min(int(np.float32(x) * np.float32(W)), W - 1)
     j = min(int(np.float32(y) * np.float32(H)), H - 1)
     A = out.shape[1]
-    best_n, best_iou = 0, 0.0
-    for n in range(A):
-        if opt.bias_match:
-            pw, ph = float(opt.anchors[n, 0]) / W, float(opt.anchors[n, 1]) / H
-        else:
-            pw = math.exp(float(out[b, n, 2, j, i])) * float(opt.anchors[n, 0]) / W
-            ph = math.exp(float(out[b, n, 3, j, i])) * float(opt.anchors[n, 1]) / H
-        iou = box_iou((0.0, 0.0, pw, ph), (0.0, 0.0, w, h))
-        if iou > best_iou:
-            best_iou, best_n = iou, n
+    if opt.bias_match:
+        sizes_w, sizes_h = opt.anchors[:A, 0] / np.float32(W), opt.anchors[:A, 1] / np.float32(H)
+    else:
+        with np.errstate(over="ignore"):
+            sizes_w = np.exp(out[b, :, 2, j, i]) * opt.anchors[:A, 0] / np.float32(W)
+            sizes_h = np.exp(out[b, :, 3, j, i]) * opt.anchors[:A, 1] / np.float32(H)
+    shapes = np.zeros((A, 4), dtype=np.float32)
+    shapes[:, 2], shapes[:, 3] = sizes_w, sizes_h
+    best_n = _first_max_index(boxes.box_iou(shapes, _as_box((0.0, 0.0, w, h))))
     o = out[b, best_n, :, j, i]
     sx, sy = 1 / (1 + math.exp(-float(o[0]))), 1 / (1 + math.exp(-float(o[1])))
     pred = ((i + sx) / W, (j + sy) / H, math.exp(float(o[2])) * float(opt.anchors[best_n, 0]) / W,
             math.exp(float(o[3])) * float(opt.anchors[best_n, 1]) / H)
-    iou = box_iou(pred, (x, y, w, h))
+    iou = float(boxes.box_iou(_as_box(pred), _as_box((x, y, w, h))))
     s = opt.coord_scale
     d = delta[b, best_n, :, j, i]
     d[0] = s * (x * W - i - sx) * (sx * (1 - sx))

@@ -19,8 +19,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .boxes import box_iou
+
 __all__ = [
-    "darknet_box_iou",
     "MapAccumulator",
     "MapResult",
     "darknet_map",
@@ -40,30 +41,11 @@ __all__ = [
 
 # --------------------------------------------------------------------------------------------- IoU
 
-def darknet_box_iou(boxes: np.ndarray, truths: np.ndarray) -> np.ndarray:
-    """IoU of every box against every truth, (N, T) float32, as src/box.c `box_iou` computes it.
-
-    Boxes are (x_center, y_center, w, h). Float32 arithmetic like darknet's; an intersection with a negative
-    side is 0, and the IoU is 0 when the intersection or the union is 0 (darknet returns 0 there instead of
-    dividing).
-    """
+def _iou_matrix(boxes: np.ndarray, truths: np.ndarray) -> np.ndarray:
+    """(N, T) float32 IoU of every box with every truth, darknet's `box_iou` (0 where I or U is 0)."""
     a = np.asarray(boxes, dtype=np.float32).reshape(-1, 1, 4)
     b = np.asarray(truths, dtype=np.float32).reshape(1, -1, 4)
-    half = np.float32(2)
-
-    def overlap(c1, s1, c2, s2):
-        left = np.maximum(c1 - s1 / half, c2 - s2 / half)
-        right = np.minimum(c1 + s1 / half, c2 + s2 / half)
-        return right - left
-
-    iw = overlap(a[..., 0], a[..., 2], b[..., 0], b[..., 2])
-    ih = overlap(a[..., 1], a[..., 3], b[..., 1], b[..., 3])
-    intersection = np.where((iw < 0) | (ih < 0), np.float32(0), iw * ih)
-    union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - intersection
-    valid = (intersection != 0) & (union != 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(valid, intersection / np.where(valid, union, np.float32(1)), np.float32(0))
-    return iou.astype(np.float32, copy=False)
+    return box_iou(a, b)
 
 
 # --------------------------------------------------------------------------------------------- accumulation
@@ -151,7 +133,7 @@ class MapAccumulator:
         count = len(boxes)
         if count == 0 or len(truths) == 0:
             return np.full(count, -1, np.int64), np.zeros(count, np.float32)
-        iou = darknet_box_iou(boxes, truths[:, 1:5])
+        iou = _iou_matrix(boxes, truths[:, 1:5])
         same_class = truths[None, :, 0].astype(np.int64) == classes[:, None]
         # darknet starts max_iou at 0 and takes a truth only when its IoU is above both iou_thresh and max_iou.
         candidate = np.where(same_class & (iou > self.iou_thresh), iou, np.float32(0))
@@ -167,7 +149,7 @@ class MapAccumulator:
         if difficult is None or len(difficult) == 0 or len(boxes) == 0:
             return kept
         difficult = np.asarray(difficult, dtype=np.float32).reshape(-1, 5)
-        iou = darknet_box_iou(boxes, difficult[:, 1:5])
+        iou = _iou_matrix(boxes, difficult[:, 1:5])
         same_class = difficult[None, :, 0].astype(np.int64) == classes[:, None]
         overlaps = np.any(same_class & (iou > self.iou_thresh), axis=1)
         return ~((truth_index < 0) & overlaps)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import ORACLE, require
+from darkpy.boxes import box_iou
 from darkpy.data import read_labels, read_names
 from darkpy.metrics import (
     COCO_CATEGORY_IDS,
@@ -15,7 +16,6 @@ from darkpy.metrics import (
     coco_evaluate,
     coco_image_ids,
     coco_results,
-    darknet_box_iou,
     darknet_map,
     format_map_report,
     parse_map_report,
@@ -150,16 +150,9 @@ def test_iou_threshold_is_strict():
     truth = np.array([[0, 0.5, 0.5, 0.5, 0.5]], np.float32)
     # half as wide, same centre: IoU exactly 0.5 -> not a match at iou_thresh .5
     detection = Det(0.5, 0.5, 0.25, 0.5, 1, np.array([0.9], np.float32))
-    assert darknet_box_iou([[0.5, 0.5, 0.25, 0.5]], truth[:, 1:])[0, 0] == np.float32(0.5)
+    assert box_iou(np.float32([0.5, 0.5, 0.25, 0.5]), truth[0, 1:]) == np.float32(0.5)
     assert darknet_map([[detection]], [truth], classes=1, iou_thresh=0.5).ap == [0.0]
     assert darknet_map([[detection]], [truth], classes=1, iou_thresh=0.49).ap == [1.0]
-
-
-def test_box_iou_zero_cases():
-    iou = darknet_box_iou([[0.1, 0.1, 0.1, 0.1], [0.5, 0.5, 0, 0]], [[0.9, 0.9, 0.1, 0.1], [0.5, 0.5, 0, 0]])
-    assert iou.dtype == np.float32 and np.all(iou == 0)  # disjoint, and degenerate (I = U = 0, no 0/0)
-    touching = darknet_box_iou([[0.25, 0.5, 0.5, 1.0]], [[0.75, 0.5, 0.5, 1.0]])
-    assert touching[0, 0] == 0
 
 
 def test_difficult_detection_leaves_ranking_but_counts_fp_at_thresh():
@@ -227,11 +220,14 @@ def test_coco_perfect_detections_score_one():
     assert any("IoU=0.50:0.95" in line for line in coco.lines)
 
 
-def test_coco_on_darknet_detections(tiny3):
+def test_coco_on_darknet_detections_agrees_with_darknet_101_points(tiny3):
+    """pycocotools' AP50 / AP75 are 101-recall-point APs averaged over the classes that have truths; on this
+    data (no crowd, no competing matches) they equal darknet's -points 101 APs averaged the same way."""
     names, images = tiny3
     coco = coco_evaluate(accumulate(images, 0.5), names, image_ids=[1, 2, 3])
-    stats = coco.stats
-    assert 0 < stats["AP"] <= stats["AP50"] <= 1
-    assert stats["AP75"] <= stats["AP50"]
-    # pycocotools averages over the categories that have truths (4 here), darknet over all 80
-    assert stats["AP50"] > 0.5
+    for iou_thresh, key in ((0.5, "AP50"), (0.75, "AP75")):
+        result = accumulate(images, iou_thresh).result(101)
+        with_truths = np.array(result.truths_per_class) > 0
+        assert coco.stats[key] == pytest.approx(np.array(result.ap)[with_truths].mean(), abs=1e-9)
+    assert round(coco.stats["AP50"], 4) == 0.6717
+    assert 0 < coco.stats["AP"] < coco.stats["AP75"] < coco.stats["AP50"]

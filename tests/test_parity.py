@@ -1,0 +1,67 @@
+"""Every fixture of the oracle (C Darknet outputs for seeded weights) against darkpy, layer by layer.
+
+The fixture folder comes from DARKPY_ORACLE_DIR (default ../shared/oracle), so another fixture set in the same
+format is checked by the same test.
+"""
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ORACLE
+from darkpy.model import Darknet
+from oracle_utils import close_to_darknet, fixture_dirs, layer_stats_close, make_weights
+
+FIXTURES = fixture_dirs(ORACLE) if ORACLE.is_dir() else []
+
+
+def build(fixture):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zoo cfgs carry keys Darknet itself ignores
+        return Darknet.from_cfg(fixture / "cfg.cfg")
+
+
+@pytest.mark.skipif(not FIXTURES, reason=f"no oracle fixtures in {ORACLE} (set DARKPY_ORACLE_DIR or add ../shared)")
+@pytest.mark.parametrize("fixture", FIXTURES, ids=[f.name for f in FIXTURES])
+def test_fixture_matches_darknet(fixture, tmp_path):
+    model = build(fixture)
+    report = model.load_weights(make_weights(ORACLE, fixture, tmp_path / "w.weights"))
+    assert report.complete
+    summary = json.loads((fixture / "summary.json").read_text())
+    assert len(model.layers) == summary["n_layers"]
+    assert model.count_weight_floats() == summary["n_weights_floats"]
+    assert f"{model.total_bflops():.3f}" == f"{summary['total_bflops']:.3f}"
+
+    x = torch.from_numpy(np.load(fixture / "input.npy"))[None]
+    with torch.inference_mode():
+        outputs = model.eval().forward_layers(x, keep_all=True)
+    # The first layer whose statistics differ from Darknet's names where a divergence starts.
+    for expected, out in zip(json.loads((fixture / "layers.json").read_text()), outputs):
+        ours = out[0].numpy()
+        assert ours.size == int(np.prod(expected["out_shape"])), f"layer {expected['index']} shape"
+        assert layer_stats_close(ours, expected), (
+            f"layer {expected['index']} ({expected['type']}) first differs from Darknet: mean {ours.mean():.6g} "
+            f"vs {expected['mean']:.6g}, max {ours.max():.6g} vs {expected['max']:.6g}")
+
+    arrays = np.load(fixture / "outputs.npz")
+    heads = [k for k in arrays.files if k.startswith("L") and not k.endswith(("_anchors", "_mask"))]
+    for key in heads:
+        index = int(key[1:])
+        ours = outputs[index][0].numpy()
+        assert ours.shape == arrays[key].shape
+        assert close_to_darknet(ours, arrays[key]), f"head {key}: max diff {np.abs(ours - arrays[key]).max():.3g}"
+        head = next(h for h in model.heads if h.index == index)
+        np.testing.assert_array_equal(head.mask, arrays[f"{key}_mask"])
+        # anchors as the cfg states them ([yolo]: input pixels, [region]: grid cells)
+        np.testing.assert_allclose(head.anchors.numpy(), arrays[f"{key}_anchors"], rtol=1e-6)
+    if "final" in arrays.files:
+        ours = outputs[model.output_index][0].numpy().ravel()
+        assert close_to_darknet(ours, arrays["final"])
+        # "penultimate" is the output of the cfg's second-to-last layer (the last may be a [cost]).
+        penultimate = outputs[len(model.layers) - 2][0].numpy()
+        assert close_to_darknet(penultimate.reshape(arrays["penultimate"].shape), arrays["penultimate"])
+    if not heads:
+        assert "final" in arrays.files
+
