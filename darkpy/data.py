@@ -38,7 +38,7 @@ BAD_COLUMN_COUNT = "wrong column count"
 UNPARSABLE = "unparsable number"
 
 
-class DataError(Exception):
+class DataError(ValueError):
     """Bad dataset input (missing file, malformed .data line...); the message names the file (and line)."""
 
 

@@ -46,11 +46,14 @@ def _where(head) -> str:
     return f"layer {getattr(head, 'index', '?')} [{head.kind}]"
 
 
-def _atof(value: Optional[str], default: float) -> float:
-    """Darknet reads numbers with atof: the longest numeric prefix, 0 when there is none."""
+def _atof(value, default: float) -> float:
+    """An option value as Darknet's atof reads it (the longest numeric prefix, 0 when there is none); the head
+    may already hold typed values (the model reads every option with its default)."""
     if value is None or value == "":
         return default
-    text = value.split("#", 1)[0].strip()
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).split("#", 1)[0].strip()
     for end in range(len(text), 0, -1):
         try:
             return float(text[:end])
@@ -59,7 +62,7 @@ def _atof(value: Optional[str], default: float) -> float:
     return 0.0
 
 
-def _atoi(value: Optional[str], default: int) -> int:
+def _atoi(value, default: int) -> int:
     return int(_atof(value, default))
 
 
@@ -67,7 +70,7 @@ def _class_multipliers(head, counters: Optional[str], classes: int, max_delta: f
     """yolo `counters_per_class` -> max_count / count per class, capped at max_delta (get_classes_multipliers)."""
     if not counters:
         return None
-    values = [v for v in counters.split("#", 1)[0].split(",") if v.strip() != ""]
+    values = [v for v in str(counters).split("#", 1)[0].split(",") if v.strip() != ""]
     if len(values) != classes:
         raise LossError(f"{_where(head)} counters_per_class has {len(values)} values but classes={classes}")
     counts = np.array([max(1, int(_atof(v, 0))) for v in values], dtype=np.float64)
@@ -104,10 +107,10 @@ class YoloLossOptions:
         o = dict(getattr(head, "options", {}) or {})
         classes = int(head.classes)
         max_delta = _atof(o.get("max_delta"), FLT_MAX)
-        iou_loss = (o.get("iou_loss") or "mse").strip()
+        iou_loss = str(o.get("iou_loss") or "mse").strip()
         if iou_loss not in ("mse",) + IOU_KINDS:
             iou_loss = "iou"  # Darknet: any other string selects plain IoU
-        kind = (o.get("iou_thresh_kind") or "iou").strip()
+        kind = str(o.get("iou_thresh_kind") or "iou").strip()
         ignored = []
         if kind not in IOU_KINDS:
             ignored.append(f"iou_thresh_kind={kind} (Darknet says 'Wrong iou_thresh_kind' and uses iou)")
@@ -117,7 +120,7 @@ class YoloLossOptions:
         if _atof(o.get("delta_normalizer"), 1.0) != 1.0:
             ignored.append(f"delta_normalizer={o['delta_normalizer']} (Darknet's GPU build multiplies gradients by it, "
                            "its CPU build and darkpy do not)")
-        if o.get("embedding_layer"):
+        if o.get("embedding_layer") not in (None, "", 0, 999999):
             ignored.append(f"embedding_layer={o['embedding_layer']} (tracking embeddings are not trained)")
         anchors = head.all_anchors.detach().cpu().numpy() if torch.is_tensor(head.all_anchors) \
             else np.asarray(head.all_anchors)

@@ -1,0 +1,329 @@
+"""`darkpy detect`: Darknet's `detector test` (and `demo` for videos and cameras) on PyTorch.
+
+Per image it prints what src/detector.c `test_detector` prints — `<path>: Predicted in %f milli-seconds.`
+followed by draw_detections_v3's lines (`-ext_output` adds the box in pixels) — and writes the image with its
+boxes to --save-dir. `--out` writes Darknet's `-out` JSON, `--save-txt` YOLO-format predictions with their
+confidences. Images are read and resized in a background thread while the network runs, in batches.
+
+With no arguments it runs the project's yolov3-tiny cfg and weights on the photos in data/images.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, TextIO, Tuple
+
+import cv2
+import numpy as np
+
+from .boxes import Detection, best_shown_class, detection_lines
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+DEFAULT_CFG = "cfg/yolov3-tiny.cfg"
+DEFAULT_WEIGHTS = "weights/yolov3-tiny.weights"
+DEFAULT_NAMES = "data/coco.names"
+DEFAULT_SOURCE = "data/images"
+JSON_MIN_PROB = 0.005  # detection_to_json: only probabilities above this are written
+
+# draw_detections_v3 / get_color: the class colour ramp of Darknet's pictures
+_COLOR_RAMP = np.array([[1, 0, 1], [0, 0, 1], [0, 1, 1], [0, 1, 0], [1, 1, 0], [1, 0, 0]], np.float32)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sources", nargs="*", default=[DEFAULT_SOURCE],
+                        help="images, folders, list files (one path per line), glob patterns, videos or camera "
+                             f"indices (default: {DEFAULT_SOURCE})")
+    parser.add_argument("--cfg", default=DEFAULT_CFG, help=f"network cfg (default: {DEFAULT_CFG})")
+    parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"darknet weights (default: {DEFAULT_WEIGHTS})")
+    names = parser.add_mutually_exclusive_group()
+    names.add_argument("--names", default=None, help=f"class names, one per line (default: {DEFAULT_NAMES})")
+    names.add_argument("--data", default=None, help="a darknet .data file; its names= gives the class names")
+    parser.add_argument("--thresh", type=float, default=0.25, help="probability threshold (default: 0.25)")
+    parser.add_argument("--hier", type=float, default=0.5,
+                        help="hierarchy threshold, [region] softmax trees only (default: 0.5)")
+    parser.add_argument("--nms", type=float, default=0.45, help="NMS threshold, 0 to disable (default: 0.45)")
+    parser.add_argument("--letter-box", action="store_true",
+                        help="letterbox the image into the network input (also on when [net] letter_box=1)")
+    parser.add_argument("--width", type=int, default=None, help="network width (default: the cfg's)")
+    parser.add_argument("--height", type=int, default=None, help="network height (default: the cfg's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N (default: auto)")
+    parser.add_argument("--half", action="store_true", help="float16 inference (CUDA only)")
+    parser.add_argument("--batch", type=int, default=4, help="images per forward pass (default: 4)")
+    parser.add_argument("--save-dir", default="runs/detect",
+                        help="folder for the annotated images/videos (default: runs/detect)")
+    parser.add_argument("--no-save", action="store_true", help="do not write annotated images")
+    parser.add_argument("--ext-output", action="store_true", help="print the boxes in pixels (darknet -ext_output)")
+    parser.add_argument("--out", default=None, metavar="JSON", help="write darknet's -out JSON to this file")
+    parser.add_argument("--save-txt", action="store_true",
+                        help="write <save-dir>/labels/<image>.txt: class x y w h confidence (relative)")
+
+
+# ============================================================================ setup
+
+def _existing(path: str, fallback_to_repo: bool) -> str:
+    """A default path is looked up in the current folder, then in the project checkout."""
+    if fallback_to_repo and not os.path.exists(path) and (REPO_DIR / path).exists():
+        return str(REPO_DIR / path)
+    return path
+
+
+def _read_class_names(args) -> List[str]:
+    from .data import read_data_config, read_names
+    if args.data:
+        config = read_data_config(args.data)
+        names_path = config.resolve("names")
+        if names_path is None:
+            raise ValueError(f"{args.data}: the .data file has no names= line")
+        return read_names(names_path)
+    return read_names(_existing(args.names or DEFAULT_NAMES, args.names is None))
+
+
+def _build_detector(args):
+    from .inference import Detector
+    from .model import Darknet
+    cfg = _existing(args.cfg, args.cfg == DEFAULT_CFG)
+    weights = _existing(args.weights, args.weights == DEFAULT_WEIGHTS)
+    if not os.path.isfile(cfg):
+        raise FileNotFoundError(f"{cfg}: cfg file not found")
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"{weights}: weights file not found")
+    model = Darknet.from_cfg(cfg, width=args.width, height=args.height)
+    model.load_weights(weights)
+    model.fuse()  # Darknet folds batch norm into the convolutions when it loads a detector
+    model.eval()
+    if args.half and not str(args.device).startswith(("cuda", "auto")):
+        print("warning: --half needs a CUDA device; running in float32", file=sys.stderr)
+    return Detector(model, device=args.device, half=args.half, letter_box=True if args.letter_box else None,
+                    batch_size=args.batch)
+
+
+# ============================================================================ outputs
+
+def _class_color(class_id: int, classes: int) -> Tuple[int, int, int]:
+    """draw_detections_v3's colour: offset = class*123457 % classes, get_color(c, offset, classes); as BGR."""
+    offset = class_id * 123457 % classes
+    ratio = offset / classes * 5
+    low, high = int(np.floor(ratio)), int(np.ceil(ratio))
+    rgb = (1 - (ratio - low)) * _COLOR_RAMP[low] + (ratio - low) * _COLOR_RAMP[high]
+    return tuple(int(255 * v) for v in rgb[::-1])
+
+
+def draw_detections(image_rgb: np.ndarray, detections: Sequence[Detection], names: Sequence[str],
+                    thresh: float) -> np.ndarray:
+    """A BGR copy of the image with Darknet-style boxes and labels (class names above thresh, best first)."""
+    canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+    height, width = canvas.shape[:2]
+    line = max(1, int(height * 0.006))
+    for det in detections:
+        best = best_shown_class(det, names, thresh)
+        if best < 0:
+            continue
+        others = [names[j] for j in np.flatnonzero(det.probs > np.float32(thresh)) if j != best]
+        label = ", ".join([names[best]] + others) + f" {det.probs[best] * 100:.0f}%"
+        color = _class_color(best, len(names))
+        left, top, right, bottom = det.xyxy(width, height)
+        left, right = (int(np.clip(v, 0, width - 1)) for v in (left, right))
+        top, bottom = (int(np.clip(v, 0, height - 1)) for v in (top, bottom))
+        cv2.rectangle(canvas, (left, top), (right, bottom), color, line)
+        scale = max(0.4, height / 1000)
+        (text_w, text_h), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        text_top = max(0, top - text_h - base - 2)
+        cv2.rectangle(canvas, (left, text_top), (left + text_w + 2, text_top + text_h + base + 2), color, -1)
+        cv2.putText(canvas, label, (left + 1, text_top + text_h + 1), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    return canvas
+
+
+def json_record(frame_id: int, filename: str, detections: Sequence[Detection], names: Sequence[str]) -> str:
+    """One frame of darknet's `-out` JSON, as detection_to_json formats it (every class with prob > 0.005)."""
+    objects = []
+    for det in detections:
+        for j in np.flatnonzero(det.probs > np.float32(JSON_MIN_PROB)):
+            if names[j].startswith("dont_show"):
+                continue
+            objects.append(
+                '  {"class_id":%d, "name":%s, "relative_coordinates":{"center_x":%f, "center_y":%f, '
+                '"width":%f, "height":%f}, "confidence":%f}'
+                % (j, json.dumps(names[j]), det.x, det.y, det.w, det.h, float(det.probs[j])))
+    return ('{\n "frame_id":%d, \n "filename":%s, \n "objects": [ \n' % (frame_id, json.dumps(filename))
+            + ", \n".join(objects) + "\n ] \n}")
+
+
+def label_lines(detections: Sequence[Detection], thresh: float) -> List[str]:
+    """YOLO-format lines with the confidence: `class x y w h confidence` for the best class above thresh
+    (darknet -save_labels writes the same without the confidence)."""
+    lines = []
+    for det in detections:
+        above = np.where(det.probs > np.float32(thresh), det.probs, 0)
+        if not above.any():
+            continue
+        best = int(np.argmax(above))
+        lines.append("%d %.6f %.6f %.6f %.6f %.6f" % (best, det.x, det.y, det.w, det.h, float(det.probs[best])))
+    return lines
+
+
+class OutputWriter:
+    """Annotated images / videos, label files and the JSON file of one run."""
+
+    def __init__(self, args, names: Sequence[str]):
+        self.names, self.thresh = names, args.thresh
+        self.save_dir = Path(args.save_dir)
+        self.save_images = not args.no_save
+        self.save_txt = args.save_txt
+        self.used_names: Dict[str, int] = {}
+        self.stream_stems: Dict[str, str] = {}
+        self.videos: Dict[str, cv2.VideoWriter] = {}
+        self.json_file: Optional[TextIO] = None
+        self.frames_written = 0
+        if self.save_images or self.save_txt:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+        if self.save_txt:
+            (self.save_dir / "labels").mkdir(exist_ok=True)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            self.json_file = open(args.out, "w", encoding="utf-8")
+            self.json_file.write("[\n")
+
+    def _unique_stem(self, source_path: str) -> str:
+        """Output file stem for a source; a second source with the same stem gets _2, _3..."""
+        stem = Path(source_path).stem if not source_path.isdigit() else f"camera{source_path}"
+        count = self.used_names.get(stem, 0) + 1
+        self.used_names[stem] = count
+        return stem if count == 1 else f"{stem}_{count}"
+
+    def write(self, frame, detections: Sequence[Detection]) -> None:
+        stem = self._stem_for(frame)
+        if self.save_images:
+            annotated = draw_detections(frame.image, detections, self.names, self.thresh)
+            if frame.source.kind == "image":
+                cv2.imwrite(str(self.save_dir / f"{stem}.jpg"), annotated)
+            else:
+                self._video_writer(frame, stem, annotated).write(annotated)
+        if self.save_txt:
+            name = stem if frame.source.kind == "image" else f"{stem}_{frame.frame_index:06d}"
+            lines = label_lines(detections, self.thresh)
+            (self.save_dir / "labels" / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
+        if self.json_file is not None:
+            if self.frames_written:
+                self.json_file.write(", \n")
+            self.json_file.write(json_record(self.frames_written + 1, frame.name, detections, self.names))
+        self.frames_written += 1
+
+    def _stem_for(self, frame) -> str:
+        """Images get one stem each; all frames of a video or camera share theirs."""
+        if frame.source.kind == "image":
+            return self._unique_stem(frame.source.path)
+        key = f"{frame.source.kind}:{frame.source.path}"
+        if key not in self.stream_stems:
+            self.stream_stems[key] = self._unique_stem(frame.source.path)
+        return self.stream_stems[key]
+
+    def _video_writer(self, frame, stem: str, annotated: np.ndarray) -> cv2.VideoWriter:
+        key = f"{frame.source.kind}:{frame.source.path}"
+        if key not in self.videos:
+            height, width = annotated.shape[:2]
+            path = str(self.save_dir / f"{stem}.mp4")
+            self.videos[key] = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), frame.fps or 25.0,
+                                               (width, height))
+        return self.videos[key]
+
+    def close(self) -> None:
+        for writer in self.videos.values():
+            writer.release()
+        if self.json_file is not None:
+            self.json_file.write("\n]\n")
+            self.json_file.close()
+
+
+# ============================================================================ the run
+
+def _report(frame, detections: Sequence[Detection], milliseconds: float, names: Sequence[str], args,
+            echo) -> None:
+    echo(f"{frame.name}: Predicted in {milliseconds:f} milli-seconds.")
+    height, width = frame.image.shape[:2]
+    for line in detection_lines(detections, names, width, height, args.thresh, args.ext_output):
+        echo(line)
+
+
+def _progress_bar(sources, frame_total: Optional[int], specs: Sequence[str]):
+    """A tqdm bar when the input is a folder, list, pattern, video or camera; plain output for single images."""
+    from tqdm import tqdm
+    many = any(s.kind != "image" for s in sources) or any(not os.path.isfile(p) or p.lower().endswith(
+        (".txt", ".list", ".lst")) for p in specs)
+    if not many:
+        return None
+    return tqdm(total=frame_total, unit="img", file=sys.stderr, dynamic_ncols=True)
+
+
+def _process_batch(detector, batch, names, args, writer, echo) -> None:
+    start = time.perf_counter()
+    results = detector.detect_inputs(np.stack([f.input for f in batch]),
+                                     [(f.image.shape[1], f.image.shape[0]) for f in batch],
+                                     args.thresh, args.hier, args.nms)
+    per_image_ms = (time.perf_counter() - start) * 1000 / len(batch)
+    for frame, detections in zip(batch, results):
+        _report(frame, detections, per_image_ms, names, args, echo)
+        writer.write(frame, detections)
+
+
+def run(args) -> int:
+    from .cfg import CfgError
+    from .data import DataError
+    from .inference import count_frames, expand_sources, iterate_frames
+
+    try:
+        names = _read_class_names(args)
+        detector = _build_detector(args)
+    except (CfgError, DataError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if len(names) < detector.classes:
+        print(f"error: {len(names)} class names for a network with {detector.classes} classes "
+              f"(--names / --data)", file=sys.stderr)
+        return 2
+
+    specs = [_existing(s, s == DEFAULT_SOURCE) for s in args.sources]
+    sources, errors = expand_sources(specs)
+    for message in errors:
+        print(f"error: {message}, skipped", file=sys.stderr)
+    bar = _progress_bar(sources, count_frames(sources), specs)
+    echo = bar.write if bar is not None else print
+    writer = OutputWriter(args, names)
+    processed = failed = 0
+    start = time.perf_counter()
+    batch: List = []
+    try:
+        # a camera is processed frame by frame (latency matters more than throughput)
+        batch_size = 1 if any(s.kind == "camera" for s in sources) else detector.batch_size
+        for frame in iterate_frames(sources, detector.preprocess):
+            if frame.error is not None:
+                failed += 1
+                print(f"error: {frame.error}, skipped", file=sys.stderr)
+                continue
+            batch.append(frame)
+            if len(batch) == batch_size:
+                _process_batch(detector, batch, names, args, writer, echo)
+                processed += len(batch)
+                if bar is not None:
+                    bar.update(len(batch))
+                batch = []
+        if batch:
+            _process_batch(detector, batch, names, args, writer, echo)
+            processed += len(batch)
+            if bar is not None:
+                bar.update(len(batch))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    finally:
+        writer.close()
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - start
+    rate = processed / elapsed if elapsed > 0 else 0.0
+    print(f"{processed} image(s) in {elapsed:.2f} s: {rate:.2f} images/s"
+          + (f"; {failed + len(errors)} input(s) skipped" if failed or errors else ""))
+    if processed and not args.no_save:
+        print(f"annotated results in {writer.save_dir}")
+    return 0 if processed else 1
