@@ -54,6 +54,7 @@ __all__ = [
     "mosaic_shifts",
     "paste_mosaic_tile",
     "mosaic_truths",
+    "make_mosaic",
     "make_training_sample",
     "multiscale_coef",
     "random_size",
@@ -554,9 +555,11 @@ def mosaic_truths(existing: np.ndarray, tile_truths: np.ndarray, tile: int, net_
     return np.concatenate([existing.reshape(-1, 5).astype(F32), shifted], axis=0)
 
 
-def _make_mosaic(sources: Callable[[int], Source], net_w: int, net_h: int, config: AugmentConfig,
-                 rng: np.random.Generator, problems: Optional[DataProblems]) -> Tuple[np.ndarray, np.ndarray]:
-    """Four images, each jittered on its own, cut at a random point in [0.2, 0.8] of the network size."""
+def make_mosaic(sources: Callable[[int], Source], net_w: int, net_h: int, config: AugmentConfig,
+                rng: np.random.Generator, problems: Optional[DataProblems] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """load_data_detection with mosaic (use_mixup == 3): four images `sources(0..3)`, each jittered on its own
+    (half of them pushed towards the centre), cut at a random point in [0.2, 0.8] of the network size.
+    Returns float32 (3, net_h, net_w) and truths (K, 5) [x, y, w, h, class]."""
     low, high = F32(MOSAIC_MIN_OFFSET), F32(1) - F32(MOSAIC_MIN_OFFSET)
     cut_x = int(rng.integers(int(F32(net_w) * low), int(F32(net_w) * high) + 1))  # rand_int: both ends included
     cut_y = int(rng.integers(int(F32(net_h) * low), int(F32(net_h) * high) + 1))
@@ -588,7 +591,7 @@ def make_training_sample(sources: Callable[[int], Source], net_w: int, net_h: in
     if mode != MIXUP_NONE and rng.integers(2) == 0:
         mode = MIXUP_NONE
     if mode == MIXUP_MOSAIC:
-        return _make_mosaic(sources, net_w, net_h, config, rng, problems)
+        return make_mosaic(sources, net_w, net_h, config, rng, problems)
     first = augment_tile(sources(0), net_w, net_h, config, draw_tile(rng, config), rng, problems)
     image, truths = to_float(first.image), first.truths
     if mode == MIXUP_BLEND:  # blend_images_cv(new, 0.5, old, 0.5) and blend_truth: old truths, then new ones

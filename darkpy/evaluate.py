@@ -11,7 +11,6 @@ import argparse
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
@@ -62,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="confidence for the TP/FP, precision, recall, F1 and average IoU lines (default .25)")
     parser.add_argument("--letter-box", action="store_true",
                         help="letterbox the images (also on when the cfg's [net] has letter_box=1)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N (default: auto)")
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--width", type=int, default=None, help="network width (default: the cfg's)")
     parser.add_argument("--height", type=int, default=None, help="network height (default: the cfg's)")
@@ -127,44 +126,41 @@ class ImageDetections:
     detections: List[Any]
 
 
-def _load_images(paths: Sequence[str], problems: DataProblems) -> List[Optional[np.ndarray]]:
-    from .image import ImageError, load_image
-
-    images: List[Optional[np.ndarray]] = []
-    for path in paths:
-        try:
-            images.append(load_image(path))
-        except ImageError as error:
-            report_missing_image(problems, path, str(error).replace(f"{path}: ", ""))
-            images.append(None)
-    return images
+def _detect_batch(detector: Any, frames: List[Tuple[int, Any]]) -> List[ImageDetections]:
+    """(index in the valid list, Frame) pairs -> their detections at map's settings."""
+    sizes = [(frame.image.shape[1], frame.image.shape[0]) for _, frame in frames]
+    results = detector.detect_inputs(np.stack([frame.input for _, frame in frames]), sizes,
+                                     thresh=MAP_DETECTION_THRESH, hier=MAP_HIER_THRESH, nms=MAP_NMS_THRESH)
+    return [ImageDetections(index, frame.name, size, list(detections))
+            for (index, frame), size, detections in zip(frames, sizes, results)]
 
 
 def iterate_detections(detector: Any, image_paths: Sequence[str], batch: int, problems: DataProblems,
                        progress: bool = True) -> Iterator[ImageDetections]:
-    """Run the detector over the images in batches, in list order, at map's settings (thresh 0.005, hier 0,
-    NMS .45). Images that cannot be read are reported to `problems` and skipped. The next batch is decoded
-    on a thread while the network runs."""
+    """Run the detector over the images in list order, `batch` images per forward pass, at map's settings
+    (thresh 0.005, hier 0, NMS .45). Images are read and resized in a background thread while the network
+    runs; an image that cannot be read is reported to `problems` and skipped."""
     from tqdm import tqdm
 
+    from .inference import Source, iterate_frames
+
     batch = max(1, int(batch))
-    batches = [list(range(start, min(start + batch, len(image_paths))))
-               for start in range(0, len(image_paths), batch)]
-    bar = tqdm(total=len(image_paths), desc="map", unit="img", disable=not progress, file=sys.stderr)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_load_images, [image_paths[i] for i in batches[0]], problems) if batches else None
-        for number, indices in enumerate(batches):
-            images = pending.result()  # type: ignore[union-attr]
-            if number + 1 < len(batches):
-                pending = pool.submit(_load_images, [image_paths[i] for i in batches[number + 1]], problems)
-            present = [(i, image) for i, image in zip(indices, images) if image is not None]
-            if present:
-                results = detector.detect_arrays([image for _, image in present], thresh=MAP_DETECTION_THRESH,
-                                                 hier=MAP_HIER_THRESH, nms=MAP_NMS_THRESH)
-                for (i, image), detections in zip(present, results):
-                    yield ImageDetections(i, image_paths[i], (image.shape[1], image.shape[0]), list(detections))
-            bar.update(len(indices))
-    bar.close()
+    sources = [Source("image", path) for path in image_paths]
+    pending: List[Any] = []
+    with tqdm(total=len(image_paths), desc="map", unit="img", disable=not progress, file=sys.stderr) as bar:
+        for index, frame in enumerate(iterate_frames(sources, preprocess=detector.preprocess)):
+            if frame.error is not None:
+                report_missing_image(problems, frame.name, frame.error.replace(f"{frame.name}: ", ""))
+                bar.update(1)
+                continue
+            pending.append((index, frame))  # the index matters for the parallel `difficult` list
+            if len(pending) == batch:
+                yield from _detect_batch(detector, pending)
+                bar.update(len(pending))
+                pending = []
+        if pending:
+            yield from _detect_batch(detector, pending)
+            bar.update(len(pending))
 
 
 def image_truths(image_path: str, classes: int, problems: DataProblems) -> np.ndarray:
@@ -194,8 +190,6 @@ def add_to_accumulator(accumulator: MapAccumulator, item: ImageDetections, datas
 
 def build_detector(args: argparse.Namespace):
     """The network (cfg + weights, batch-norm folded as darknet does for inference) wrapped in a Detector."""
-    import torch
-
     from .inference import Detector
     from .model import Darknet
 
@@ -203,9 +197,11 @@ def build_detector(args: argparse.Namespace):
     if args.weights:
         model.load_weights(args.weights)
     model.eval()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    letter_box = bool(args.letter_box or getattr(model, "letter_box", False))
-    return model, Detector(model, device, half=False, letter_box=letter_box)
+    model.fuse()  # darknet folds batch norm into the convolutions when it loads a network for map
+    # letter_box=None follows the cfg's [net] letter_box; --letter-box forces it on
+    detector = Detector(model, device=args.device, half=False, letter_box=True if args.letter_box else None,
+                        batch_size=args.batch)
+    return model, detector
 
 
 def _check_classes(dataset: MapDataset, classes: int, cfg_path: str, problems: DataProblems) -> None:
