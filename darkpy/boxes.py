@@ -15,7 +15,7 @@ A box is (x, y, w, h): centre and size, relative to the image (0..1), as Darknet
 The IoU helpers take arrays of shape (..., 4) and accept numpy arrays or torch tensors (differentiable,
 for the training loss); for numpy float32 input they reproduce Darknet's float results exactly.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from math import pi
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -58,7 +58,10 @@ def _atan(x: Array) -> Array:
 def _pow_double(base: Array, exponent: float) -> Array:
     """C's `float r = pow(base, exponent)`: computed in double, rounded to the base's type (numpy)."""
     if _is_torch(base):
-        return torch.pow(base, exponent)
+        # x^0.6 has an infinite slope at 0 (boxes with the same centre): keep the gradient finite there
+        positive = base > 0
+        return torch.where(positive, torch.pow(torch.where(positive, base, torch.ones_like(base)), exponent),
+                           torch.zeros_like(base))
     return np.power(base.astype(np.float64), exponent).astype(base.dtype)
 
 
@@ -140,7 +143,8 @@ def box_ciou(a: Array, b: Array) -> Array:
     cw, ch = _enclosing(a, b)
     c = cw * cw + ch * ch
     distance = _centre_distance_sq(a, b) / _safe_denominator(c)
-    angle = _atan(b[..., 2] / b[..., 3]) - _atan(a[..., 2] / a[..., 3])
+    # a zero height (degenerate box) would make the aspect 0/0; Darknet's boxes never have one
+    angle = _atan(b[..., 2] / _safe_denominator(b[..., 3])) - _atan(a[..., 2] / _safe_denominator(a[..., 3]))
     v = (4 / (pi * pi)) * angle * angle
     alpha = v / (1 - iou + v + 0.000001)
     return _where(c == 0, iou, iou - (distance + alpha * v))

@@ -30,7 +30,9 @@ class CfgError(ValueError):
     def __init__(self, message: str, file: Optional[str] = None, line: Optional[int] = None,
                  option: Optional[str] = None):
         self.file, self.line, self.option, self.reason = file, line, option, message
-        where = f"{file}:{line}" if file is not None else "cfg"
+        where = file if file is not None else "cfg"
+        if line is not None:
+            where += f":{line}"
         what = f" option '{option}'" if option else ""
         super().__init__(f"{where}:{what} {message}" if what else f"{where}: {message}")
 

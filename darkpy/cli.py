@@ -38,7 +38,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     cmd_parser = argparse.ArgumentParser(prog=f"darkpy {name}", description=COMMANDS[name][1])
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error of the command
+        sys.stderr.close()
+        return 0
 
 
 def run_command(name: str, argv: Optional[List[str]] = None) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -92,7 +92,8 @@ def read_option_lines(path: str) -> Tuple["OrderedDict[str, str]", Dict[str, int
     """Key/value lines of a darknet option file (src/option_list.c `read_data_cfg` / `read_option`).
 
     Whitespace is removed everywhere in a line; empty lines and lines starting with `#` or `;` are skipped;
-    a line is split at its first `=`; a line ending with `=` is reported and ignored (darknet: "Config file error line");
+    a line is split at its first `=`; a line ending with `=` is reported and ignored (darknet: "Config file
+    error line");
     a line without `=` is kept as a key with an empty value; duplicate keys: the first one wins.
     """
     try:
@@ -375,8 +376,9 @@ def _check_box(box: Tuple[int, float, float, float, float], classes: Optional[in
 
 
 def report_missing_image(problems: Optional[DataProblems], image_path: str, reason: str = "cannot be read") -> None:
-    """Record an image of a list that could not be loaded (it is skipped)."""
+    """Record an image of a list that could not be loaded (it is skipped): `path: reason, skipped`."""
+    message = f"{image_path}: {reason}, skipped"
     if problems is not None:
-        problems.warn(MISSING_IMAGE, f"{image_path}: image {reason}, skipped")
+        problems.warn(MISSING_IMAGE, message)
     else:  # pragma: no cover - callers normally pass a collector
-        print(f"warning: {image_path}: image {reason}, skipped", file=sys.stderr)
+        print(f"warning: {message}", file=sys.stderr)

@@ -93,10 +93,11 @@ def _build_detector(args):
     model.load_weights(weights)
     model.fuse()  # Darknet folds batch norm into the convolutions when it loads a detector
     model.eval()
-    if args.half and not str(args.device).startswith(("cuda", "auto")):
-        print("warning: --half needs a CUDA device; running in float32", file=sys.stderr)
-    return Detector(model, device=args.device, half=args.half, letter_box=True if args.letter_box else None,
-                    batch_size=args.batch)
+    detector = Detector(model, device=args.device, half=args.half, letter_box=True if args.letter_box else None,
+                        batch_size=args.batch)
+    if args.half and not detector.half:
+        print(f"warning: --half needs a CUDA device; running in float32 on {detector.device}", file=sys.stderr)
+    return detector
 
 
 # ============================================================================ outputs
@@ -250,8 +251,10 @@ def _report(frame, detections: Sequence[Detection], milliseconds: float, names: 
 def _progress_bar(sources, frame_total: Optional[int], specs: Sequence[str]):
     """A tqdm bar when the input is a folder, list, pattern, video or camera; plain output for single images."""
     from tqdm import tqdm
-    many = any(s.kind != "image" for s in sources) or any(not os.path.isfile(p) or p.lower().endswith(
-        (".txt", ".list", ".lst")) for p in specs)
+    from .inference import LIST_EXTENSIONS
+    many = any(s.kind != "image" for s in sources) or any(
+        os.path.isdir(p) or Path(p).suffix.lower() in LIST_EXTENSIONS or not os.path.exists(p) and "*" in p
+        for p in specs)
     if not many:
         return None
     return tqdm(total=frame_total, unit="img", file=sys.stderr, dynamic_ncols=True)

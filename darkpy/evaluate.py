@@ -264,9 +264,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         return run_map(args)
-    except (DataError, OSError) as error:
-        print(f"darkpy map: {error}", file=sys.stderr)
-        return 1
-    except ValueError as error:  # CfgError, WeightsError, ImageError... name their file themselves
+    except (ValueError, OSError) as error:  # DataError, CfgError, WeightsError... name their file themselves
         print(f"darkpy map: {error}", file=sys.stderr)
         return 1

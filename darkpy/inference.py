@@ -49,16 +49,20 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
 class Detector:
     """A Darknet model plus Darknet's pre- and post-processing.
 
-    `letter_box=None` follows the cfg's [net] letter_box. half=True runs the network in float16 (CUDA only;
-    detections then differ from Darknet's float32 ones in the last digits). The model is moved to the device;
-    its train/eval state is restored after each call, so a model that is being trained can be evaluated."""
+    `letter_box=None` follows the cfg's [net] letter_box. The model is moved to `device` (None: it stays where
+    it is); half=True converts it to float16 (CUDA only; detections then differ from Darknet's float32 ones in
+    the last digits). Its train/eval state is restored after each call, so a model that is being trained can be
+    evaluated."""
 
-    def __init__(self, model, device: Union[str, torch.device] = "cpu", half: bool = False,
+    def __init__(self, model, device: Union[str, torch.device, None] = "cpu", half: bool = False,
                  letter_box: Optional[bool] = None, batch_size: int = 8):
         if not model.heads:
             raise ValueError(f"{getattr(model, 'cfg_path', 'the model')}: the network has no [yolo], "
                              f"[Gaussian_yolo] or [region] layer, so it cannot detect objects")
         self.model = model
+        if device is None:
+            first = next(model.parameters(), None)
+            device = first.device if first is not None else "cpu"
         self.device = resolve_device(device)
         self.half = bool(half) and self.device.type == "cuda"
         self.letter_box = bool(model.letter_box if letter_box is None else letter_box)

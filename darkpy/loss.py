@@ -365,7 +365,8 @@ def _best_truth_per_cell(pred: np.ndarray, truths: np.ndarray, counts: np.ndarra
         if not usable.any():
             continue
         cells = np.ascontiguousarray(pred[b].reshape(-1, 4), dtype=np.float32)
-        iou = np.nan_to_num(boxes.box_iou(cells[:, None, :], rows[None, :, :4]), nan=0.0)  # (cells, T)
+        with np.errstate(invalid="ignore", over="ignore"):  # exp() overflows of wild early predictions
+            iou = np.nan_to_num(boxes.box_iou(cells[:, None, :], rows[None, :, :4]), nan=0.0)  # (cells, T)
         iou[:, ~usable] = 0
         best_iou[b] = iou.max(axis=1).reshape(shape[1:])
         best_t[b] = iou.argmax(axis=1).reshape(shape[1:])

@@ -403,20 +403,21 @@ def parse_map_report(text: str) -> ParsedMapReport:
         if line.startswith(" rank = "):
             continue
         parsed.report_lines.append(line)
-        if _CLASS_LINE.match(line):
-            class_id, name, ap, tp, fp = _CLASS_LINE.match(line).groups()  # type: ignore[union-attr]
+        class_match, prf_match = _CLASS_LINE.match(line), _PRF_LINE.match(line)
+        counts_match, map_match = _COUNTS_LINE.match(line), _MAP_LINE.match(line)
+        if class_match:
+            class_id, name, ap, tp, fp = class_match.groups()
             parsed.names[int(class_id)] = name
             parsed.ap_percent[int(class_id)] = float(ap)
             parsed.tp[int(class_id)], parsed.fp[int(class_id)] = int(tp), int(fp)
-        elif _PRF_LINE.match(line):
-            parsed.precision, parsed.recall, parsed.f1 = (_number(v) for v in _PRF_LINE.match(line).groups())  # type: ignore
-        elif _COUNTS_LINE.match(line):
-            tp, fp, fn, iou = _COUNTS_LINE.match(line).groups()  # type: ignore[union-attr]
+        elif prf_match:
+            parsed.precision, parsed.recall, parsed.f1 = (_number(v) for v in prf_match.groups())
+        elif counts_match:
+            tp, fp, fn, iou = counts_match.groups()
             parsed.total_tp, parsed.total_fp, parsed.total_fn = int(tp), int(fp), int(fn)
             parsed.average_iou_percent = _number(iou)
-        elif _MAP_LINE.match(line):
-            iou_thresh, mean_ap = _MAP_LINE.match(line).groups()  # type: ignore[union-attr]
-            parsed.iou_thresh, parsed.mean_ap = float(iou_thresh), float(mean_ap)
+        elif map_match:
+            parsed.iou_thresh, parsed.mean_ap = float(map_match.group(1)), float(map_match.group(2))
             break
     return parsed
 

@@ -75,7 +75,10 @@ class MaxPoolLayer(_WindowPool):
 
     def forward(self, x, outputs):
         if self.depth:
-            b, c, h, w = x.shape
+            b, _, h, w = x.shape
+            # The channel count from in_shape (a Python int), not x.shape: traced for ONNX, x.shape arithmetic
+            # becomes graph ops, and ONNX's integer Div truncates where Python's // floors (wrong ceil here).
+            c = self.in_shape[0]
             groups = -(-c // self.out_channels)
             padded = F.pad(x, (0, 0, 0, 0, 0, groups * self.out_channels - c), value=-FLT_MAX)
             return padded.view(b, groups, self.out_channels, h, w).amax(dim=1)
