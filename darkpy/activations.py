@@ -133,6 +133,23 @@ ACTIVATIONS: Dict[str, Activation] = {
 CHANNEL_ACTIVATIONS = {"normalize_channels", "normalize_channels_softmax", "normalize_channels_softmax_maxval"}
 
 
+# In-place forms for inference on a tensor nothing else holds (saves a full copy per layer).
+_IN_PLACE: Dict[str, Activation] = {
+    "logistic": torch.sigmoid_,
+    "relu": torch.relu_,
+    "leaky": lambda x: F.leaky_relu_(x, 0.1),
+    "revleaky": lambda x: F.leaky_relu_(x, 0.1),
+    "linear": _linear,
+}
+
+
+def activate_fresh(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Apply activation `name` to a freshly computed tensor, in place when autograd does not need it."""
+    if name in _IN_PLACE and not (x.requires_grad and torch.is_grad_enabled()):
+        return _IN_PLACE[name](x)
+    return ACTIVATIONS[name](x)
+
+
 def get_activation(name: str) -> Activation:
     """The activation called `name` in a cfg; KeyError for a name Darknet does not know."""
     return ACTIVATIONS[name]

@@ -315,12 +315,12 @@ def find_layer_problems(model: nn.Module, opset: int = DEFAULT_OPSET, compare: b
         else:
             if runtime is not None:
                 session = runtime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
-                feeds = dict(zip(names, (a.numpy() for a in args)))
+                feeds = dict(zip(names, (a.detach().numpy() for a in args)))
                 got = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0]
-                if not _close(got, out.numpy()):
+                if not _close(got, out.detach().numpy()):
                     problems.append(LayerProblem(layer.index, layer.type, location,
                                                  f"onnxruntime differs from darkpy by "
-                                                 f"{_relative_difference(got, out.numpy()):.3g} (relative)"))
+                                                 f"{_relative_difference(got, out.detach().numpy()):.3g} (relative)"))
         previous = out
     return problems
 
@@ -398,7 +398,7 @@ def verify_onnx(model: nn.Module, path: Union[str, Path], decode: bool = False, 
     session = runtime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {INPUT_NAME: x.numpy()})
     with torch.no_grad():
-        expected = [t.numpy() for t in module(x)]
+        expected = [t.detach().numpy() for t in module(x)]
     differences = {name: _relative_difference(g, e) for name, g, e in zip(module.output_names(), got, expected)}
     if not all(_close(g, e) for g, e in zip(got, expected)):
         opset = _opset_of(path)

@@ -390,7 +390,7 @@ class _YoloImage:
         x, y = (i + float(o[0])) / self.w, (j + float(o[1])) / self.h
         if self.opt.new_coords:
             return x, y, float(o[2]) ** 2 * 4 * aw / self.net_w, float(o[3]) ** 2 * 4 * ah / self.net_h
-        return x, y, math.exp(float(o[2])) * aw / self.net_w, math.exp(float(o[3])) * ah / self.net_h
+        return x, y, _exp(float(o[2])) * aw / self.net_w, _exp(float(o[3])) * ah / self.net_h
 
     def box_delta(self, truth: Box, n_mask: int, anchor: int, j: int, i: int, scale: float,
                   iou_normalizer: float) -> Tuple[float, float]:
@@ -415,8 +415,8 @@ class _YoloImage:
         pred = (px, py, pw if pw != 0 else 1.0, ph if ph != 0 else 1.0)  # "avoid nan in dx_box_iou"
         dx, dy, dw, dh = dx_box_iou(pred, truth, opt.iou_loss)
         if not opt.new_coords:  # chain rule of exp() for w and h only
-            dw *= math.exp(float(o[2]))
-            dh *= math.exp(float(o[3]))
+            dw *= _exp(float(o[2]))
+            dh *= _exp(float(o[3]))
         grads = [_finite_or_zero(v * iou_normalizer) for v in (dx, dy, dw, dh)]
         if opt.max_delta != FLT_MAX:
             grads = [_clip(v, opt.max_delta) for v in grads]
@@ -515,6 +515,14 @@ def _first_max_index(values: np.ndarray) -> int:
     values = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0)
     best = int(np.argmax(values)) if values.size else 0
     return best if values.size and values[best] > 0 else 0
+
+
+def _exp(v: float) -> float:
+    """C's exp: +inf on overflow (Python raises instead)."""
+    try:
+        return math.exp(v)
+    except OverflowError:
+        return math.inf
 
 
 def _log(v: float) -> float:
@@ -738,9 +746,9 @@ def _region_positive(out, delta, b, truth_row, opt: RegionLossOptions, stats: He
     shapes[:, 2], shapes[:, 3] = sizes_w, sizes_h
     best_n = _first_max_index(boxes.box_iou(shapes, _as_box((0.0, 0.0, w, h))))
     o = out[b, best_n, :, j, i]
-    sx, sy = 1 / (1 + math.exp(-float(o[0]))), 1 / (1 + math.exp(-float(o[1])))
-    pred = ((i + sx) / W, (j + sy) / H, math.exp(float(o[2])) * float(opt.anchors[best_n, 0]) / W,
-            math.exp(float(o[3])) * float(opt.anchors[best_n, 1]) / H)
+    sx, sy = 1 / (1 + _exp(-float(o[0]))), 1 / (1 + _exp(-float(o[1])))
+    pred = ((i + sx) / W, (j + sy) / H, _exp(float(o[2])) * float(opt.anchors[best_n, 0]) / W,
+            _exp(float(o[3])) * float(opt.anchors[best_n, 1]) / H)
     iou = float(boxes.box_iou(_as_box(pred), _as_box((x, y, w, h))))
     s = opt.coord_scale
     d = delta[b, best_n, :, j, i]
@@ -805,7 +813,7 @@ class DarknetLoss:
         deltas, stats = [], []
         for head, opt, raw in zip(self.heads, self.options, raw_outputs):
             with torch.no_grad():
-                out = head.activate(raw.detach()).float().cpu().numpy()
+                out = head.activate(raw.detach().float()).cpu().numpy()
             if isinstance(opt, YoloLossOptions):
                 delta, st = yolo_deltas(out, truths_np, opt, net_w, net_h)
             else:

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from darkpy.cfg import CfgError, CfgWarning, parse_cfg
+from darkpy.cfg import CfgError, parse_cfg
 from darkpy.data import DataConfig, DataError, DataProblems, read_data_config, read_image_list, resolve_path
 from darkpy.loss import DarknetLoss, LossError, format_head_line
 from darkpy.schedule import (LearningRatePolicy, OptimizerSettings, ScheduleError, WeightsEma, build_optimizer,
@@ -86,8 +86,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float, help="override [net] learning_rate")
     parser.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
     parser.add_argument("--workers", type=int, default=None,
-                        help="data-loading processes (default: min(6, CPU count - 1); 0 loads in the training "
-                             "process)")
+                        help="data-loading processes (default: 1 on the CPU, min(6, CPU count - 1) with CUDA; "
+                             "0 loads in the training process)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU training: torch threads (default: one per core)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
     parser.add_argument("--map", action="store_true",
                         help="compute mAP@0.5 on the valid list during training (Darknet's -map) and keep "
@@ -143,6 +145,7 @@ class TrainOptions:
     learning_rate: Optional[float] = None
     device: str = "auto"
     workers: Optional[int] = None
+    threads: Optional[int] = None
     seed: Optional[int] = None
     calc_map: bool = False
     map_epochs: int = 4
@@ -156,7 +159,8 @@ class TrainOptions:
         return cls(data=args.data, cfg=args.cfg, weights=args.weights, clear=args.clear, resume=args.resume,
                    max_batches=args.max_batches, batch=args.batch, subdivisions=args.subdivisions,
                    width=args.width, height=args.height, learning_rate=args.learning_rate, device=args.device,
-                   workers=args.workers, seed=args.seed, calc_map=args.map, map_epochs=args.map_epochs,
+                   workers=args.workers, threads=args.threads, seed=args.seed, calc_map=args.map,
+                   map_epochs=args.map_epochs,
                    amp=args.amp, progress=not args.no_progress, verbose=args.verbose)
 
 
@@ -268,7 +272,8 @@ class Chart:
     margin: int = 80
 
     def add_loss(self, iteration: int, avg_loss: float) -> None:
-        self.losses.append((iteration, avg_loss))
+        if math.isfinite(avg_loss):  # a diverged (NaN/inf) loss is not drawn
+            self.losses.append((iteration, avg_loss))
 
     def add_map(self, iteration: int, value: float) -> None:
         self.maps.append((iteration, value))
@@ -325,6 +330,24 @@ class Chart:
 # the trainer
 # ---------------------------------------------------------------------------------------------------------------------
 
+@dataclass
+class RunState:
+    """train_detector's loop variables."""
+
+    iteration: int
+    iter_save: int
+    iter_save_last: int
+    iter_map: int
+    avg_loss: float = -1.0
+    avg_time: float = -1.0
+    best_map: float = -1.0
+    last_map: float = -1.0
+
+    @classmethod
+    def starting_at(cls, iteration: int) -> "RunState":
+        return cls(iteration, iteration, iteration, iteration)
+
+
 class Trainer:
     """Darknet's train_detector loop; construct with TrainOptions, then train()."""
 
@@ -335,8 +358,12 @@ class Trainer:
         self._stop = False
         self._old_sigint = None
         self._map_dataset = None
+        self._threads_before = None
+        self.final_iteration: Optional[int] = None
+        self.best_map = self.last_map = -1.0
         self._setup_distributed()
         self.device = self._device()
+        self.workers = self._workers_and_threads()
         self._build_model()
         self._load_weights()
         self._broadcast_weights()
@@ -368,6 +395,23 @@ class Trainer:
         if resolved.type == "cuda":
             torch.cuda.set_device(resolved)
         return resolved
+
+    def _workers_and_threads(self) -> int:
+        """Loader processes (Darknet uses 6 loader threads per GPU) and, on the CPU, torch threads.
+
+        On the CPU the network work dominates (augmenting an image costs a few percent of training on it), so one
+        loader process overlaps it and torch keeps every core; --threads/--workers override both."""
+        cores = os.cpu_count() or 1
+        workers = self.options.workers
+        if workers is None:
+            workers = max(0, min(6, cores - 1)) if self.device.type == "cuda" else min(1, cores - 1)
+        if workers < 0:
+            raise TrainError(f"--workers must be 0 or more (got {workers})")
+        if self.device.type == "cpu":
+            threads = self.options.threads or max(1, cores // self.dist.world)
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+        return workers
 
     def _build_model(self) -> None:
         from darkpy.model import Darknet
@@ -570,9 +614,7 @@ class Trainer:
     def _loader(self):
         from darkpy.augment import IterationSampler, make_train_loader
 
-        workers = self.options.workers
-        if workers is None:
-            workers = max(0, min(6, (os.cpu_count() or 1) - 1))
+        workers = self.workers
         last = self.model.heads[-1]
         random_factor = float(last.options.get("random", 0.0) or 0.0)
         seed = self.options.seed
@@ -665,6 +707,9 @@ class Trainer:
             self._old_sigint = None
 
     def close(self) -> None:
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
         if self._old_sigint is not None:
             signal.signal(signal.SIGINT, self._old_sigint)
             self._old_sigint = None
@@ -685,7 +730,9 @@ class Trainer:
                     f"Decay: {self.cfg_decay:g}")
         self._print(f" batch = {self.images_per_iteration} (mini_batch = {self.mini_batch}, subdivisions = "
                     f"{self.subdivisions}), max_batches = {self.max_batches}, network {self.model.width}x"
-                    f"{self.model.height}, device {self.device}{' with AMP' if self.amp else ''}, seed {opts.seed}"
+                    f"{self.model.height}, device {self.device}{' with AMP' if self.amp else ''}"
+                    + (f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else "")
+                    + f", {self.workers} loader processes, seed {opts.seed}"
                     + (f", {self.dist.world} processes" if self.dist.enabled else ""))
         if self.load_report is not None:
             r = self.load_report
@@ -702,85 +749,98 @@ class Trainer:
                     f"every {self.save_last_every} iterations. ")
 
     def train(self) -> int:
-        """The train_detector loop; returns 0 (done) or 130 (stopped with Ctrl-C)."""
-        opts = self.options
+        """The train_detector loop; returns 0 (done) or 130 (stopped with Ctrl-C, `_last` saved)."""
         self._describe_start()
-        iteration = self.start_iteration
-        if iteration >= self.max_batches:
-            self._print(f"\n The weights {self.weights_path} were trained for {iteration} iterations (seen "
-                        f"{self.start_seen} images), which is not below max_batches = {self.max_batches}: there is "
-                        f"nothing to train. Darknet writes only _final in this case, and so does darkpy. Use --clear "
-                        f"to restart the count from 0, or raise --max-batches.")
-            self.save("final", iteration)
-            return 0
-
+        if self.start_iteration >= self.max_batches:
+            return self._nothing_to_train()
+        state = RunState.starting_at(self.start_iteration)
         chart = Chart(self.max_batches, self.max_chart_loss)
-        chart_paths = [self.backup / "chart.png", self.backup / f"chart_{self.cfg_base}.png"]
-        iter_save = iter_save_last = iter_map = iteration
-        best_map, last_map = -1.0, -1.0
-        avg_loss = -1.0
-        avg_time = -1.0
-        train_images = len(self.train_set)
-        bar = self._progress_bar(iteration)
+        bar = self._progress_bar(state.iteration)
         self._install_sigint()
-        loader = self._loader()
         interrupted = False
         load_start = time.time()
-        for images, truths in loader:
+        for images, truths in self._loader():
             load_time = time.time() - load_start
             start = time.time()
-            loss = self.train_iteration(images, truths, iteration)
-            iteration += 1
-            if avg_loss < 0 or avg_loss != avg_loss:
-                avg_loss = loss
-            avg_loss = avg_loss * 0.9 + loss * 0.1
-            rate = self.policy.rate(iteration)
-            seconds = time.time() - start
-            remaining = (self.max_batches - iteration) * (seconds + load_time) / 3600
-            avg_time = remaining if avg_time < 0 else 0.01 * remaining + 0.99 * avg_time
-            images_done = iteration * self.images_per_iteration * self.dist.world
-            self._print(f" {iteration}: {loss:f}, {avg_loss:f} avg loss, {rate:f} rate, {seconds:f} seconds, "
-                        f"{images_done} images, {avg_time:f} hours left")
-            chart.add_loss(iteration, avg_loss)
-            if bar is not None:
-                bar.set_postfix_str(f"loss {loss:.3f} avg {avg_loss:.3f} lr {rate:.2e} "
-                                    f"{self.images_per_iteration / max(seconds + load_time, 1e-9):.1f} img/s"
-                                    + (f" mAP {last_map * 100:.1f}%" if last_map >= 0 else ""), refresh=False)
-                bar.update(1)
-
-            if opts.calc_map:
-                each = max(opts.map_epochs * train_images // self.images_per_iteration, 100)
-                next_map = max(iter_map + each, self.policy.burn_in)
-                if iteration >= next_map or iteration == self.max_batches:
-                    iter_map = iteration
-                    last_map = self.compute_map() if self.dist.main else 0.0
-                    self._print(f"\n mean_average_precision (mAP@0.50) = {last_map:f} ")
-                    chart.add_map(iteration, last_map)
-                    if last_map >= best_map:
-                        best_map = last_map
-                        self._print("New best mAP!")
-                        self.save("best", iteration)
-
-            if self.dist.main and (iteration % 100 == 0 or iteration == self.max_batches - 1
-                                   or iteration == self.max_batches):
-                chart.save(chart_paths, f"current avg loss = {avg_loss:2.4f}    iteration = {iteration}    "
-                                        f"approx. time left = {avg_time:2.2f} hours")
-            if iteration >= iter_save + self.save_every or iteration % self.save_every == 0:
-                iter_save = iteration
-                self.save(str(iteration), iteration)
-            if self.save_every > self.save_last_every and (
-                    iteration >= iter_save_last + self.save_last_every
-                    or (iteration % self.save_last_every == 0 and iteration > 1)):
-                iter_save_last = iteration
-                self.save("last", iteration)
-                self.save_ema(iteration)
+            loss = self.train_iteration(images, truths, state.iteration)
+            state.iteration += 1
+            self._report(state, loss, time.time() - start, load_time, chart, bar)
+            if self.options.calc_map:
+                self._map_if_due(state, chart)
+            self._snapshots_if_due(state, chart)
             if self._stop_agreed():
                 interrupted = True
                 break
             load_start = time.time()
-
         if bar is not None:
             bar.close()
+        self.final_iteration, self.best_map, self.last_map = state.iteration, state.best_map, state.last_map
+        return self._finish(state.iteration, interrupted)
+
+    def _nothing_to_train(self) -> int:
+        """Weights already at or past max_batches: Darknet writes _final at once; darkpy also says why."""
+        self._print(f"\n The weights {self.weights_path} were trained for {self.start_iteration} iterations (seen "
+                    f"{self.start_seen} images), which is not below max_batches = {self.max_batches}: there is "
+                    f"nothing to train. Darknet writes only _final in this case, and so does darkpy. Use --clear to "
+                    f"restart the count from 0, or raise --max-batches.")
+        self.save("final", self.start_iteration)
+        return 0
+
+    def _report(self, state: "RunState", loss: float, seconds: float, load_time: float, chart: Chart, bar) -> None:
+        """avg loss (0.9/0.1, restarted after NaN), Darknet's main line, the chart point and the progress bar."""
+        if state.avg_loss < 0 or state.avg_loss != state.avg_loss:
+            state.avg_loss = loss
+        state.avg_loss = state.avg_loss * 0.9 + loss * 0.1
+        iteration = state.iteration
+        rate = self.policy.rate(iteration)
+        images_done = iteration * self.images_per_iteration * self.dist.world
+        # Darknet prints the time left known before this iteration (-1 at first), then updates it
+        self._print(f" {iteration}: {loss:f}, {state.avg_loss:f} avg loss, {rate:f} rate, {seconds:f} seconds, "
+                    f"{images_done} images, {state.avg_time:f} hours left")
+        remaining = (self.max_batches - iteration) * (seconds + load_time) / 3600
+        state.avg_time = remaining if state.avg_time < 0 else 0.01 * remaining + 0.99 * state.avg_time
+        chart.add_loss(iteration, state.avg_loss)
+        if bar is not None:
+            speed = self.images_per_iteration * self.dist.world / max(seconds + load_time, 1e-9)
+            bar.set_postfix_str(f"loss {loss:.3f} avg {state.avg_loss:.3f} lr {rate:.2e} {speed:.1f} img/s"
+                                + (f" mAP {state.last_map * 100:.1f}%" if state.last_map >= 0 else ""),
+                                refresh=False)
+            bar.update(1)
+
+    def _map_if_due(self, state: "RunState", chart: Chart) -> None:
+        """-map: every max(map_epochs epochs, 100) iterations (not before burn_in) and at max_batches."""
+        each = max(self.options.map_epochs * len(self.train_set) // self.images_per_iteration, 100)
+        due = max(state.iter_map + each, self.policy.burn_in)
+        if state.iteration < due and state.iteration != self.max_batches:
+            return
+        state.iter_map = state.iteration
+        state.last_map = self.compute_map() if self.dist.main else 0.0
+        self._print(f"\n mean_average_precision (mAP@0.50) = {state.last_map:f} ")
+        chart.add_map(state.iteration, state.last_map)
+        if state.last_map >= state.best_map:
+            state.best_map = state.last_map
+            self._print("New best mAP!")
+            self.save("best", state.iteration)
+
+    def _snapshots_if_due(self, state: "RunState", chart: Chart) -> None:
+        """The chart every 100 iterations; _N every saveweights, _last (and _ema) every savelast."""
+        iteration = state.iteration
+        if self.dist.main and (iteration % 100 == 0 or iteration >= self.max_batches - 1):
+            chart.save([self.backup / "chart.png", self.backup / f"chart_{self.cfg_base}.png"],
+                       f"current avg loss = {state.avg_loss:2.4f}    iteration = {iteration}    "
+                       f"approx. time left = {state.avg_time:2.2f} hours")
+        if iteration >= state.iter_save + self.save_every or iteration % self.save_every == 0:
+            state.iter_save = iteration
+            self.save(str(iteration), iteration)
+        if self.save_every > self.save_last_every and (
+                iteration >= state.iter_save_last + self.save_last_every
+                or (iteration % self.save_last_every == 0 and iteration > 1)):
+            state.iter_save_last = iteration
+            self.save("last", iteration)
+            self.save_ema(iteration)
+
+    def _finish(self, iteration: int, interrupted: bool) -> int:
+        opts = self.options
         if interrupted:
             self.save("last", iteration)
             self.save_ema(iteration)
@@ -791,9 +851,6 @@ class Trainer:
         self.save("final", iteration)
         self._print("If you want to train from the beginning, then use flag in the end of training command: -clear ")
         self._print_problems()
-        self.final_iteration = iteration
-        self.best_map = best_map
-        self.last_map = last_map
         return 0
 
     def _progress_bar(self, start: int):

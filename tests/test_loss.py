@@ -7,7 +7,7 @@ import torch
 
 from darkpy import boxes
 from darkpy.cfg import parse_cfg_text
-from darkpy.loss import DarknetLoss, LossError, dx_box_iou, region_deltas, yolo_deltas, RegionLossOptions
+from darkpy.loss import DarknetLoss, LossError, RegionLossOptions, dx_box_iou, region_deltas
 from darkpy.model import Darknet
 
 NET = 64

@@ -128,6 +128,7 @@ def write_cfg(root: Path, bn: int = 1, name: str = "tiny.cfg", **net) -> Path:
 def trainer(data: Path, cfg: Path, **kw) -> Trainer:
     kw.setdefault("seed", 3)
     kw.setdefault("workers", 0)
+    kw.setdefault("threads", 1)  # tiny tensors: one thread is several times faster than two
     kw.setdefault("progress", False)
     kw.setdefault("device", "cpu")
     out = kw.pop("out", io.StringIO())
@@ -380,7 +381,8 @@ def test_unimplemented_options_give_one_warning(tmp_path):
     cfg.write_text(text)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        t = Trainer(TrainOptions(data=str(data), cfg=str(cfg), out=io.StringIO(), workers=0, device="cpu"))
+        t = Trainer(TrainOptions(data=str(data), cfg=str(cfg), out=io.StringIO(), workers=0, threads=1,
+                                 device="cpu"))
     t.close()
     train_warnings = [str(w.message) for w in caught if "darkpy trains without" in str(w.message)]
     assert len(train_warnings) == 1
@@ -388,3 +390,33 @@ def test_unimplemented_options_give_one_warning(tmp_path):
     assert "use_cuda_graph" in train_warnings[0]
     loss_warnings = [str(w.message) for w in caught if "loss ignores" in str(w.message)]
     assert len(loss_warnings) == 1 and "delta_normalizer=2" in loss_warnings[0]
+
+
+def test_sigkill_between_snapshots_then_resume(tmp_path):
+    """A training process killed with SIGKILL resumes from its last `_last` snapshot."""
+    import subprocess
+    import sys
+    import time
+
+    data = make_dataset(tmp_path, images=4, savelast=2)
+    cfg = write_cfg(tmp_path, batch=2, max_batches=100000)
+    last = tmp_path / "backup" / "tiny_last.weights"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "darkpy", "train", f"--data={data}", f"--cfg={cfg}", "--device=cpu",
+           "--workers=0", "--threads=1", "--no-progress", "--seed=1"]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                               cwd=str(Path(__file__).resolve().parents[1]))
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (last.exists() and process.poll() is None):
+            time.sleep(0.05)
+        assert last.exists(), "no _last snapshot within 2 minutes"
+        time.sleep(0.3)
+    finally:
+        process.kill()  # SIGKILL: no chance to save anything
+        process.wait()
+    seen = Darknet.from_cfg(str(cfg)).load_weights(str(last)).header.seen
+    assert seen > 0 and seen % (2 * 2) == 0  # written at an even iteration (savelast=2), batch 2
+    t = trainer(data, cfg, resume=True, max_batches=seen // 2 + 1)
+    assert t.start_iteration == seen // 2
+    assert run_trainer(t) == 0 and t.final_iteration == seen // 2 + 1

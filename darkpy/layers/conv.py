@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from darkpy.activations import activate_fresh
 from darkpy.layers.base import BuildContext, Layer, register
 
 BN_EPS = 1e-5  # Darknet's batch norm epsilon (.00001f)
@@ -150,7 +151,7 @@ class ConvLayer(Layer):
         else:
             y = darknet_conv2d(x, owner.weight, owner.bias, self.stride, self.padding, self.dilation, self.groups,
                                self.conv_hw)
-        y = self.activation(y)
+        y = activate_fresh(self.activation_name, y)
         return self.blur(y) if self.blur is not None else y
 
     def darknet_arrays(self) -> List[torch.Tensor]:

@@ -112,12 +112,13 @@ class YoloLayer(_Head):
         self._check_filters(s, "classes")
 
     def activate(self, raw):
-        if self.new_coords:
-            xy, rest = raw[:, :, :2], raw[:, :, 2:]  # the conv before already applied the logistic
-        else:
-            xy = torch.sigmoid(raw[:, :, :2])
-            rest = torch.cat([raw[:, :, 2:4], torch.sigmoid(raw[:, :, 4:])], dim=2)
-        return torch.cat([_scale_xy(xy, self.scale_x_y), rest], dim=2)
+        out = raw.clone()  # the raw tensor may be read by other layers: activate a copy
+        if not self.new_coords:  # with new_coords the conv before already applied the logistic
+            out[:, :, :2].sigmoid_()
+            out[:, :, 4:].sigmoid_()
+        if self.scale_x_y != 1.0:
+            out[:, :, :2].mul_(self.scale_x_y).sub_(0.5 * (self.scale_x_y - 1.0))
+        return out
 
 
 @register("Gaussian_yolo")

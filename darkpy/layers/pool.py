@@ -30,13 +30,16 @@ class _WindowPool(Layer):
             raise s.error(f"a {self.size}x{self.size} window gives no output on a {w}x{h} input", "size")
         self.out_shape = (c, *self.out_hw)
 
-    def _pad(self, x, value):
-        """Pad so that plain unpadded pooling visits exactly Darknet's windows; returns the padded input."""
-        h, w = x.shape[-2:]
+    def _pads(self):
+        """(left, right, top, bottom) padding that makes plain unpadded pooling visit exactly Darknet's windows."""
+        _, h, w = self.in_shape
         left = top = self.padding // 2
         right = max(0, (self.out_hw[1] - 1) * self.stride_x - left + self.size - w)
         bottom = max(0, (self.out_hw[0] - 1) * self.stride_y - top + self.size - h)
-        return F.pad(x, (left, right, top, bottom), value=value)
+        return left, right, top, bottom
+
+    def _pad(self, x, value):
+        return F.pad(x, self._pads(), value=value)
 
     def _crop(self, y):
         return y[..., :self.out_hw[0], :self.out_hw[1]]
@@ -82,9 +85,22 @@ class MaxPoolLayer(_WindowPool):
             groups = -(-c // self.out_channels)
             padded = F.pad(x, (0, 0, 0, 0, 0, groups * self.out_channels - c), value=-FLT_MAX)
             return padded.view(b, groups, self.out_channels, h, w).amax(dim=1)
-        y = F.max_pool2d(self._pad(x, -FLT_MAX), self.size, (self.stride_y, self.stride_x))
-        y = self._crop(y)
+        y = self._max_pool(x)
         return self.blur(y) if self.blur is not None else y
+
+    def _max_pool(self, x):
+        """Darknet's windows start at -left + i*stride. PyTorch's own padding (implicitly -inf, symmetric, at most
+        half the window) starts them at -P + j*stride: when that lines up, pool with it and take the matching
+        outputs (no padded copy of the input); otherwise pad explicitly with -FLT_MAX."""
+        left, right, top, bottom = self._pads()
+        pad_w, pad_h = max(left, right), max(top, bottom)
+        if pad_w <= self.size // 2 and pad_h <= self.size // 2 and \
+                (pad_w - left) % self.stride_x == 0 and (pad_h - top) % self.stride_y == 0:
+            y = F.max_pool2d(x, self.size, (self.stride_y, self.stride_x), (pad_h, pad_w))
+            off_h, off_w = (pad_h - top) // self.stride_y, (pad_w - left) // self.stride_x
+            return y[..., off_h:off_h + self.out_hw[0], off_w:off_w + self.out_hw[1]]
+        y = F.max_pool2d(self._pad(x, -FLT_MAX), self.size, (self.stride_y, self.stride_x))
+        return self._crop(y)
 
     def bflops(self) -> float:
         return 0.0 if self.depth else super().bflops()
