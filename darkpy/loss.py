@@ -399,13 +399,14 @@ class _YoloImage:
             self.stats.rewritten_bbox += 1
         pred = self.pred_box(n_mask, anchor, j, i)
         pred_arr, truth_arr = _as_box(pred), _as_box(truth)
-        iou, giou = float(boxes.box_iou(pred_arr, truth_arr)), float(boxes.box_giou(pred_arr, truth_arr))
+        with np.errstate(all="ignore"):  # an infinite predicted size gives NaN/0 as in C
+            iou, giou = float(boxes.box_iou(pred_arr, truth_arr)), float(boxes.box_giou(pred_arr, truth_arr))
         o = self.out[self.b, n_mask, :4, j, i]
         if opt.iou_loss == "mse":
             aw, ah = float(opt.anchors[anchor, 0]), float(opt.anchors[anchor, 1])
             tx, ty = truth[0] * self.w - i, truth[1] * self.h - j
             if opt.new_coords:
-                tw, th = math.sqrt(truth[2] * self.net_w / (4 * aw)), math.sqrt(truth[3] * self.net_h / (4 * ah))
+                tw, th = _sqrt(truth[2] * self.net_w / (4 * aw)), _sqrt(truth[3] * self.net_h / (4 * ah))
             else:
                 tw, th = _log(truth[2] * self.net_w / aw), _log(truth[3] * self.net_h / ah)
             for k, t in enumerate((tx, ty, tw, th)):
@@ -523,6 +524,10 @@ def _exp(v: float) -> float:
         return math.exp(v)
     except OverflowError:
         return math.inf
+
+
+def _sqrt(v: float) -> float:
+    return math.sqrt(v) if v >= 0 else math.nan
 
 
 def _log(v: float) -> float:

@@ -53,11 +53,13 @@ def _whc(shape) -> str:
 
 
 def layer_row(layer: Layer) -> str:
-    """One Darknet-like line: `   0 conv     16  3 x 3/ 1      416 x 416 x   3 ->  416 x 416 x  16 0.150 BF`."""
+    """One Darknet-like line: index, type, describe(), input and output as w x h x c, BFLOPs where counted:
+    `   0 conv        16  3 x 3/ 1       416 x 416 x   3 ->  416 x 416 x  16 0.150 BF`."""
     kind = SHORT_TYPE.get(layer.type, layer.type)
     # A route reads only the layers it lists, not the previous one: Darknet prints no input size for it.
     source = " " * 17 if layer.type == "route" else _whc(layer.in_shape)
-    row = f"{layer.index:4d} {kind:<{TYPE_WIDTH}s}{layer.describe():<{DESCRIBE_WIDTH}s}{source} -> {_whc(layer.out_shape)}"
+    row = (f"{layer.index:4d} {kind:<{TYPE_WIDTH}s}{layer.describe():<{DESCRIBE_WIDTH}s}"
+           f"{source} -> {_whc(layer.out_shape)}")
     bflops = layer.bflops()
     return row + (f" {bflops:5.3f} BF" if bflops > 0 else "")
 

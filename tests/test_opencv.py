@@ -35,7 +35,7 @@ against a float64 run, reaches 2-4e-4 relative in the last layers.
 import re
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import pytest
@@ -194,40 +194,36 @@ def region_boxes_after_nms(boxes):
     return sorted_boxes.take(back)
 
 
-def compare_heads(model: Darknet, outputs: List[torch.Tensor], opencv_rows: List[np.ndarray]) -> int:
-    """Check OpenCV's decoded rows against darkpy's decoder; returns how many class scores were above thresh."""
+def opencv_class_thresh(head) -> float:
+    """The class-score threshold of OpenCV's layer: the cfg's `thresh` for [region], 0.2 for [yolo]."""
+    if head.kind == "region":
+        return float(head.options.get("thresh", OPENCV_YOLO_THRESH))
+    return OPENCV_YOLO_THRESH
+
+
+def compare_head(model: Darknet, head, output: np.ndarray, rows: np.ndarray) -> int:
+    """One head's OpenCV rows against darkpy's decoder; returns how many class scores are above the threshold."""
+    anchors, entries, grid_h, grid_w = output.shape
+    assert rows.shape == (grid_h * grid_w * anchors, entries), f"head {head.index}: {rows.shape}"
+    thresh = opencv_class_thresh(head)
     net_wh = (model.width, model.height)
-    above = 0
-    for head, rows in zip(model.heads, opencv_rows):
-        output = outputs[head.index][0].numpy()
-        anchors, entries, grid_h, grid_w = output.shape
-        assert rows.shape == (grid_h * grid_w * anchors, entries), f"head {head.index}"
-        thresh = float(head.options.get("thresh", OPENCV_YOLO_THRESH)) if head.kind == "region" \
-            else OPENCV_YOLO_THRESH
-        spec = HeadSpec.from_module(head)
-        # Darknet's order of boxes is OpenCV's order of rows: cell by cell, the anchors within a cell.
-        objectness = output.transpose(2, 3, 0, 1).reshape(-1, entries)[:, 4]
-        assert_close(objectness, rows[:, 4], f"head {head.index} objectness")
-        if head.kind == "region":
-            boxes = region_boxes_after_nms(decode_head(output, spec, net_wh, net_wh, thresh=thresh))
-            kept = np.ones(len(rows), bool)
-        else:  # decode_yolo keeps the boxes with objectness > thresh; OpenCV's other rows score 0
-            boxes = decode_head(output, spec, net_wh, net_wh, thresh=thresh)
-            kept = objectness > thresh
-            clear = np.abs(objectness - thresh) > 1e-5
-            assert not rows[~kept & clear, 5:].any(), f"head {head.index}: scores where objectness <= thresh"
-            kept_clear = clear[kept]
-            boxes = boxes.take(kept_clear)
-            kept &= clear
-        theirs = rows[kept]
-        assert_close(boxes.xywh, theirs[:, :4], f"head {head.index} boxes")
-        # Class scores: equal, except right at the threshold where float rounding may decide differently.
-        ours_probs = (objectness[kept, None] * output.transpose(2, 3, 0, 1).reshape(-1, entries)[kept, 5:])
-        clear_of_thresh = np.abs(ours_probs - thresh) > 1e-4
-        assert_close(np.where(clear_of_thresh, boxes.probs, 0), np.where(clear_of_thresh, theirs[:, 5:], 0),
-                     f"head {head.index} class scores")
-        above += int((boxes.probs > 0).sum())
-    return above
+    # Darknet's order of boxes is OpenCV's order of rows: cell by cell, the anchors within a cell.
+    cells = output.transpose(2, 3, 0, 1).reshape(-1, entries)
+    assert_close(cells[:, 4], rows[:, 4], f"head {head.index} objectness")
+    # Scores within float rounding of the threshold may be kept by one side and dropped by the other.
+    clear = np.abs(cells[:, 4:5] * cells[:, 5:] - thresh) > 1e-4
+    boxes = decode_head(output, HeadSpec.from_module(head), net_wh, net_wh, thresh=thresh)
+    if head.kind == "region":  # every cell and anchor
+        boxes = region_boxes_after_nms(boxes)
+        kept = np.ones(len(rows), bool)
+    else:  # decode_yolo keeps the boxes with objectness > thresh; OpenCV's other rows must score 0
+        kept = cells[:, 4] > thresh
+        assert not rows[~kept, 5:][clear[~kept]].any(), f"head {head.index}: scores where objectness <= thresh"
+    theirs = rows[kept]
+    assert_close(boxes.xywh, theirs[:, :4], f"head {head.index} boxes")
+    assert_close(np.where(clear[kept], boxes.probs, 0), np.where(clear[kept], theirs[:, 5:], 0),
+                 f"head {head.index} class scores")
+    return int((boxes.probs > 0).sum())
 
 
 def compare_with_opencv(model: Darknet, cfg: Path, opencv_weights: Path, x: torch.Tensor) -> int:
@@ -248,7 +244,9 @@ def compare_with_opencv(model: Darknet, cfg: Path, opencv_weights: Path, x: torc
         expected = ours[i][0].numpy()
         assert blob.size == expected.size, f"layer {i} ({model.layers[i].type}): {blob.shape} vs {expected.shape}"
         assert_close(expected, blob.reshape(expected.shape), f"layer {i} ({model.layers[i].type}, {owner[i]})")
-    return compare_heads(model, ours, list(theirs[len(compared):]))
+    head_rows = theirs[len(compared):]
+    return sum(compare_head(model, head, ours[head.index][0].numpy(), rows)
+               for head, rows in zip(model.heads, head_rows))
 
 
 # ---- tests ---------------------------------------------------------------------------------------------------
@@ -306,7 +304,8 @@ def test_opencv_batch_norm_epsilon(tmp_path):
     net.setInput(x.numpy())
     plain = net.forward()[0]
     ratio = (plain - beta) / (ours - beta)
-    expected = np.sqrt((variances + DARKNET_BN_EPS) / (variances + OPENCV_BN_EPS)).numpy()
+    variances = variances.numpy()
+    expected = np.sqrt((variances + DARKNET_BN_EPS) / (variances + OPENCV_BN_EPS))
     np.testing.assert_allclose(np.median(ratio.reshape(4, -1), axis=1), expected, rtol=1e-3)
 
     net = opencv_net(cfg, save_for_opencv(model, tmp_path / "shifted.weights"))

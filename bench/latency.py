@@ -1,0 +1,298 @@
+"""Median milliseconds per image, batch 1, on the CPU: darkpy (with each inference optimisation in turn) against
+OpenCV's Darknet importer (cv2.dnn) and, when installed, onnxruntime on darkpy's ONNX export, all in the same
+run. Run by hand; prints a table (and, with a CUDA device, darkpy's CUDA figures at batch 1 and 64, fp16).
+
+    python bench/latency.py [--models yolov3-tiny yolov3-tiny-prn yolov4-tiny] [--threads 2] [--size 416]
+                            [--rounds 40] [--no-compile] [--shared ../shared]
+
+yolov3-tiny runs with the original COCO weights (weights/ or ../shared/weights); the others with random weights
+(batch-norm statistics set to mean 0, variance 1 so that values stay finite), written to a temporary .weights
+file that OpenCV reads too. Measurements are interleaved: each round times one forward pass of every engine in
+turn, so a machine whose load changes during the run slows all engines alike.
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from darkpy.model import Darknet  # noqa: E402
+
+DEFAULT_MODELS = ("yolov3-tiny", "yolov3-tiny-prn", "yolov4-tiny")
+OPENCV_ELSEWHERE_MS = {"yolov3-tiny": 30.0, "yolov3-tiny-prn": 36.0, "yolov4-tiny": 45.0}  # from the issue
+# darkpy variants, each adding one optimisation to the previous one (compile and TorchScript start from the best
+# eager variant, channels_last).
+VARIANTS = ("eager", "+fuse", "+inference_mode", "+channels_last", "torchscript", "compile")
+
+
+def find_cfg(name: str, shared: Path) -> Path:
+    for folder in (REPO / "cfg", shared / "darknet" / "cfg"):
+        if (folder / f"{name}.cfg").exists():
+            return folder / f"{name}.cfg"
+    raise SystemExit(f"{name}.cfg is neither in {REPO / 'cfg'} nor in {shared / 'darknet' / 'cfg'}")
+
+
+def find_real_weights(name: str, shared: Path) -> Optional[Path]:
+    for folder in (REPO / "weights", shared / "weights"):
+        if (folder / f"{name}.weights").exists():
+            return folder / f"{name}.weights"
+    return None
+
+
+def build_model(cfg: Path, size: int) -> Darknet:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Darknet.from_cfg(cfg, width=size, height=size)
+
+
+def random_weights(cfg: Path, size: int, out: Path) -> Path:
+    """Darknet's random initialisation with finite batch-norm statistics, saved as a .weights file."""
+    torch.manual_seed(0)
+    model = build_model(cfg, size)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_var"):
+                buffer.fill_(1.0)
+            elif name.endswith("running_mean"):
+                buffer.zero_()
+    model.save_weights(out)
+    return out
+
+
+# ============================================================================ engines: name -> one forward pass
+
+def darkpy_engines(cfg: Path, weights: Path, size: int, image: np.ndarray, compile_too: bool,
+                   log: Callable[[str], None]) -> Dict[str, Callable[[], object]]:
+    """Each variant on its own model copy, so that they can be timed side by side."""
+    x = torch.from_numpy(image)
+    engines: Dict[str, Callable[[], object]] = {}
+
+    def load(fuse: bool, channels_last: bool = False) -> Darknet:
+        model = build_model(cfg, size)
+        model.load_weights(weights)
+        model.eval()
+        if fuse:
+            model.fuse()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def no_grad_call(model):
+        def call():
+            with torch.no_grad():
+                return model(x)
+        return call
+
+    def inference_call(model, inp):
+        def call():
+            with torch.inference_mode():
+                return model(inp)
+        return call
+
+    engines["eager"] = no_grad_call(load(fuse=False))
+    engines["+fuse"] = no_grad_call(load(fuse=True))
+    engines["+inference_mode"] = inference_call(load(fuse=True), x)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    best_eager = load(fuse=True, channels_last=True)
+    engines["+channels_last"] = inference_call(best_eager, x_last)
+
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings on Python-level shape checks
+            traced = torch.jit.trace(ListToTuple(best_eager), (x_last,), check_trace=False)
+            traced = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+        engines["torchscript"] = inference_call(traced, x_last)
+    except Exception as exc:  # report and go on: the other engines still make a table
+        log(f"  torchscript failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+
+    if compile_too:
+        try:
+            compiled = torch.compile(load(fuse=True, channels_last=True))
+            start = time.perf_counter()
+            with torch.inference_mode():
+                compiled(x_last)
+            log(f"  torch.compile: first call (compilation) {time.perf_counter() - start:.0f} s")
+            engines["compile"] = inference_call(compiled, x_last)
+        except Exception as exc:
+            log(f"  torch.compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    return engines
+
+
+class ListToTuple(torch.nn.Module):
+    """The model with a tuple output (torch.jit.trace does not return lists)."""
+
+    def __init__(self, model: Darknet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return tuple(self.model(x))
+
+
+def opencv_engine(cfg: Path, weights: Path, image: np.ndarray, threads: int) -> Callable[[], object]:
+    import cv2
+
+    cv2.setNumThreads(threads)
+    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    names = net.getUnconnectedOutLayersNames()
+
+    def call():
+        net.setInput(image)
+        return net.forward(names)
+    return call
+
+
+def onnxruntime_engine(cfg: Path, weights: Path, size: int, image: np.ndarray, threads: int,
+                       folder: Path) -> Optional[Callable[[], object]]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    from darkpy.export import INPUT_NAME, export_onnx
+
+    model = build_model(cfg, size)
+    model.load_weights(weights)
+    path = folder / f"{cfg.stem}.onnx"
+    export_onnx(model, path)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def call():
+        return session.run(None, {INPUT_NAME: image})
+    return call
+
+
+# ============================================================================ timing
+
+def interleaved_medians(engines: Dict[str, Callable[[], object]], rounds: int, warmup: int) -> Dict[str, float]:
+    """Median milliseconds per call of each engine, timed one call each per round."""
+    for call in engines.values():
+        for _ in range(warmup):
+            call()
+    samples: Dict[str, List[float]] = {name: [] for name in engines}
+    for _ in range(rounds):
+        for name, call in engines.items():
+            start = time.perf_counter()
+            call()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def cpu_table(models: List[str], args, log: Callable[[str], None]) -> List[Dict[str, float]]:
+    rows = []
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 3, args.size, args.size), dtype=np.float32)
+    with tempfile.TemporaryDirectory(prefix="darkpy-latency-") as tmp:
+        for name in models:
+            cfg = find_cfg(name, args.shared)
+            weights = find_real_weights(name, args.shared) if name == "yolov3-tiny" else None
+            weights = weights or random_weights(cfg, args.size, Path(tmp) / f"{name}.weights")
+            log(f"{name}: {cfg} + {weights}")
+            engines = {"OpenCV": opencv_engine(cfg, weights, image, args.threads)}
+            engines.update(darkpy_engines(cfg, weights, args.size, image, not args.no_compile, log))
+            ort = onnxruntime_engine(cfg, weights, args.size, image, args.threads, Path(tmp))
+            if ort is not None:
+                engines["onnxruntime"] = ort
+            medians = interleaved_medians(engines, args.rounds, args.warmup)
+            medians["model"] = name
+            rows.append(medians)
+    return rows
+
+
+def print_cpu_table(rows: List[Dict[str, float]], args) -> None:
+    columns = ["OpenCV"] + [v for v in VARIANTS if any(v in r for r in rows)]
+    if any("onnxruntime" in r for r in rows):
+        columns.append("onnxruntime")
+    print(f"\nCPU, {args.threads} threads, batch 1, {args.size}x{args.size}: median ms per image "
+          f"({args.rounds} interleaved rounds; torch {torch.__version__})")
+    header = f"| model | {' | '.join(columns)} | best darkpy / OpenCV |"
+    print(header)
+    print("|" + "---|" * (len(columns) + 2))
+    for row in rows:
+        cells = [f"{row[c]:.1f}" if c in row else "-" for c in columns]
+        darkpy = {v: row[v] for v in VARIANTS if v in row}
+        best = min(darkpy, key=darkpy.get)
+        print(f"| {row['model']} | {' | '.join(cells)} | {darkpy[best] / row['OpenCV']:.2f}x ({best}) |")
+    print("\nOpenCV measured elsewhere (issue): " +
+          ", ".join(f"{k} {v:.0f} ms" for k, v in OPENCV_ELSEWHERE_MS.items()))
+
+
+def cuda_table(models: List[str], args, log: Callable[[str], None]) -> None:
+    """darkpy on the first CUDA device: fused, channels_last, float16; batch 1 and 64, ms per batch and per image."""
+    device = torch.device("cuda:0")
+    print(f"\nCUDA ({torch.cuda.get_device_name(device)}), {args.size}x{args.size}, fused, channels_last, fp16: "
+          f"median ms")
+    print("| model | batch 1 (ms) | batch 64 (ms per batch) | batch 64 (ms per image) |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="darkpy-latency-") as tmp:
+        for name in models:
+            cfg = find_cfg(name, args.shared)
+            weights = find_real_weights(name, args.shared) if name == "yolov3-tiny" else None
+            weights = weights or random_weights(cfg, args.size, Path(tmp) / f"{name}.weights")
+            model = build_model(cfg, args.size)
+            model.load_weights(weights)
+            model = model.eval().fuse().to(device).half().to(memory_format=torch.channels_last)
+            figures = []
+            for batch in (1, 64):
+                x = torch.rand(batch, 3, args.size, args.size, device=device).half()
+                x = x.contiguous(memory_format=torch.channels_last)
+                figures.append(_cuda_median_ms(model, x, args.rounds, args.warmup))
+            print(f"| {name} | {figures[0]:.2f} | {figures[1]:.1f} | {figures[1] / 64:.3f} |")
+
+
+def _cuda_median_ms(model, x, rounds: int, warmup: int) -> float:
+    samples = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(x)
+        torch.cuda.synchronize()
+        for _ in range(rounds):
+            start = time.perf_counter()
+            model(x)
+            torch.cuda.synchronize()  # the kernels are asynchronous: wait for them before reading the clock
+            samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=int, default=416)
+    parser.add_argument("--rounds", type=int, default=40, help="timed calls per engine")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls per engine first")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
+    parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA figures even with a GPU")
+    parser.add_argument("--shared", type=Path, default=Path(os.environ.get("DARKPY_SHARED_DIR", REPO.parent / "shared")))
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    rows = cpu_table(args.models, args, log)
+    print_cpu_table(rows, args)
+    if torch.cuda.is_available() and not args.no_cuda:
+        cuda_table(args.models, args, log)
+    elif not args.no_cuda:
+        print("\nno CUDA device: CUDA figures not measured")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
