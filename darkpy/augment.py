@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -776,6 +776,13 @@ class DetectionTrainSet(Dataset):
             self._labels[index] = read_labels(labels_file, self.config.classes, problems)
         return self._labels[index]
 
+    def __getstate__(self) -> dict:
+        # Workers report problems back with their batches; the collector (which may hold an echo function that
+        # cannot be pickled) stays in the main process.
+        state = dict(self.__dict__)
+        state["problems"] = None
+        return state
+
     def _hand_over(self, log: _ProblemLog) -> List[Tuple[str, str]]:
         """In the main process record problems at once; from a worker send them back with the batch."""
         if get_worker_info() is None:
@@ -826,10 +833,18 @@ class TrainBatches:
 
 
 def make_train_loader(dataset: DetectionTrainSet, sampler: IterationSampler, num_workers: int = 0,
-                      prefetch_factor: int = 2) -> TrainBatches:
+                      prefetch_factor: int = 2, multiprocessing_context: str = "spawn") -> TrainBatches:
     """Batches of `sampler.batch` images per iteration (Darknet's batch, before subdivisions), loaded by
-    `num_workers` processes ahead of the training step as Darknet's loader thread does."""
-    extra = {"prefetch_factor": prefetch_factor, "persistent_workers": True} if num_workers > 0 else {}
+    `num_workers` processes ahead of the training step as Darknet's loader thread does.
+
+    Workers are started with "spawn" by default: a forked child inherits the parent's locks and thread pools
+    (OpenMP, OpenCV, a watchdog thread) in whatever state they were in, which can hang it. Spawning costs a
+    second or two per worker, once per run (the sampler is a single pass over all iterations).
+    """
+    extra = {}
+    if num_workers > 0:
+        extra = {"prefetch_factor": prefetch_factor, "worker_init_fn": seed_worker,
+                 "multiprocessing_context": multiprocessing_context}
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_detections,
-                        worker_init_fn=seed_worker if num_workers > 0 else None, **extra)
+                        **extra)
     return TrainBatches(loader, dataset.problems)

@@ -5,8 +5,8 @@ on random crops of the photos in the repository's data/images. Each image gets a
 (`<class> <x_center> <y_center> <width> <height>`, relative to the image: the layout AlexeyAB darknet reads, see
 src/utils.c `replace_image_to_label`), and OUT gets train.txt / valid.txt, shapes.names, shapes.data and an empty
 backup/ folder, so that `darkpy train --data OUT/shapes.data` (or `darknet detector train`) runs on it at once.
-A label box is the extent of the shape's pixels that are at least half covered, so labels match the pixels to a
-fraction of a pixel. The output depends only on the options and --seed.
+A label box is the extent of the shape's pixels that are at least half covered, so labels match the pixels to within a
+pixel. The output depends only on the options and --seed.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ MIN_CLASSES, MAX_CLASSES = 3, len(SHAPE_NAMES)
 DEFAULT_BACKGROUNDS = Path(__file__).resolve().parents[1] / "data" / "images"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
-# Shape size: the longer side of the shape's box as a fraction of the image side.
+# Shape size: the diameter of the circle the shape fits in, as a fraction of the image side.
 MIN_SHAPE_FRACTION, MAX_SHAPE_FRACTION = 0.12, 0.42
 MIN_CROP_FRACTION = 0.35  # background crops cover 35..100 % of the photo's shorter side
 PLACEMENT_TRIES = 50
@@ -188,10 +188,12 @@ def _place_shape(kind: str, image: np.ndarray, taken: Sequence[Tuple[int, int, i
     height, width = image.shape[:2]
     side = min(height, width)
     for _ in range(PLACEMENT_TRIES):
-        radius = rng.uniform(MIN_SHAPE_FRACTION, MAX_SHAPE_FRACTION) * side / 2
         aspect = rng.uniform(0.8, 1.25)
+        # the outline stays within `reach` of its centre: the shape is at most 2*reach wide and high
+        reach = rng.uniform(MIN_SHAPE_FRACTION, MAX_SHAPE_FRACTION) * side / 2
+        radius = reach / max(aspect, 1.0)
         angle = rng.uniform(0, 2 * math.pi)
-        reach = radius * max(aspect, 1.0) + 2  # the outline never leaves this distance from its centre
+        reach += 2  # keep off the border by two pixels
         if 2 * reach >= side:
             continue
         centre = (rng.uniform(reach, width - reach), rng.uniform(reach, height - reach))
@@ -307,7 +309,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negative-fraction", type=float, default=0.05,
                         help="fraction of images without shapes, with empty label files (default 0.05)")
     parser.add_argument("--backgrounds", default=None,
-                        help=f"folder of background photos (default: the repository's data/images)")
+                        help="folder of background photos (default: the repository's data/images)")
     parser.add_argument("--relative", action="store_true",
                         help="write paths relative to OUT in the lists and .data file (a movable dataset; "
                              "darknet itself must then be run from inside OUT) instead of absolute paths")
@@ -326,5 +328,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"{summary.train_images} train and {summary.valid_images} valid images with {summary.objects} "
           f"shapes ({', '.join(summary.classes)}) in {summary.out_dir}")
-    print(f"train with: darkpy train --data {summary.data_file} --cfg cfg/shapes-prn.cfg")
+    print(f"train with: darkpy train --data {summary.data_file} --cfg cfg/shapes-prn.cfg --map")
+    if args.classes != MAX_CLASSES:
+        print(f"(cfg/shapes-prn.cfg is written for {MAX_CLASSES} classes: set classes={args.classes} in its [yolo] "
+              f"sections and filters={(args.classes + 5) * 3} in the convolution before each)")
     return 0

@@ -117,7 +117,9 @@ class YoloLayer(_Head):
             out[:, :, :2].sigmoid_()
             out[:, :, 4:].sigmoid_()
         if self.scale_x_y != 1.0:
-            out[:, :, :2].mul_(self.scale_x_y).sub_(0.5 * (self.scale_x_y - 1.0))
+            # An assignment, not .mul_().sub_() on the slice: torch's ONNX exporter drops the second in-place op
+            # on a slice (the exported x, y missed the -0.5*(s-1)).
+            out[:, :, :2] = out[:, :, :2] * self.scale_x_y - 0.5 * (self.scale_x_y - 1.0)
         return out
 
 
