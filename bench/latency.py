@@ -179,7 +179,8 @@ def onnxruntime_engine(cfg: Path, weights: Path, size: int, image: np.ndarray, t
 
 # ============================================================================ timing
 
-def interleaved_medians(engines: Dict[str, Callable[[], object]], rounds: int, warmup: int) -> Dict[str, float]:
+def interleaved_medians(engines: Dict[str, Callable[[], object]], rounds: int, warmup: int,
+                        clock: Callable[[], float] = time.perf_counter) -> Dict[str, float]:
     """Median milliseconds per call of each engine, timed one call each per round."""
     for call in engines.values():
         for _ in range(warmup):
@@ -187,9 +188,9 @@ def interleaved_medians(engines: Dict[str, Callable[[], object]], rounds: int, w
     samples: Dict[str, List[float]] = {name: [] for name in engines}
     for _ in range(rounds):
         for name, call in engines.items():
-            start = time.perf_counter()
+            start = clock()
             call()
-            samples[name].append((time.perf_counter() - start) * 1e3)
+            samples[name].append((clock() - start) * 1e3)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -208,7 +209,8 @@ def cpu_table(models: List[str], args, log: Callable[[str], None]) -> List[Dict[
             ort = onnxruntime_engine(cfg, weights, args.size, image, args.threads, Path(tmp))
             if ort is not None:
                 engines["onnxruntime"] = ort
-            medians = interleaved_medians(engines, args.rounds, args.warmup)
+            clock = time.thread_time if args.clock == "thread" else time.perf_counter
+            medians = interleaved_medians(engines, args.rounds, args.warmup, clock)
             medians["model"] = name
             rows.append(medians)
     return rows
@@ -218,8 +220,12 @@ def print_cpu_table(rows: List[Dict[str, float]], args) -> None:
     columns = ["OpenCV"] + [v for v in VARIANTS if any(v in r for r in rows)]
     if any("onnxruntime" in r for r in rows):
         columns.append("onnxruntime")
+    import cv2
+
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"\nCPU, {args.threads} threads, batch 1, {args.size}x{args.size}: median ms per image "
-          f"({args.rounds} interleaved rounds; torch {torch.__version__})")
+          f"({args.rounds} interleaved rounds; torch {torch.__version__}, OpenCV {cv2.__version__}; "
+          f"{os.cpu_count()} CPUs, load average {load}; {args.clock} clock; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
     header = f"| model | {' | '.join(columns)} | best darkpy / OpenCV |"
     print(header)
     print("|" + "---|" * (len(columns) + 2))
@@ -276,10 +282,15 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=416)
     parser.add_argument("--rounds", type=int, default=40, help="timed calls per engine")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls per engine first")
+    parser.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                        help="thread: CPU time of the calling thread (with --threads 1 every engine computes in it), "
+                             "which other processes on a busy machine do not inflate")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA figures even with a GPU")
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("DARKPY_SHARED_DIR", REPO.parent / "shared")))
     args = parser.parse_args(argv)
+    if args.clock == "thread" and args.threads != 1:
+        parser.error("--clock thread measures one thread: use it with --threads 1")
 
     torch.set_num_threads(args.threads)
 

@@ -342,6 +342,7 @@ class RunState:
     avg_time: float = -1.0
     best_map: float = -1.0
     last_map: float = -1.0
+    warned_divergence: bool = False
 
     @classmethod
     def starting_at(cls, iteration: int) -> "RunState":
@@ -436,10 +437,11 @@ class Trainer:
         self.model.train()
 
     def _freeze_before_stopbackward(self) -> None:
-        """stopbackward=1: the layers before the last such layer are not trained (parse_network_cfg_custom)."""
+        """stopbackward=1: backward_network stops at the last such layer, so it and every layer before it get no
+        gradient (parse_network_cfg_custom also builds those before it with train=0): they are not trained."""
         stops = [layer.index for layer in self.model.layers if getattr(layer, "stopbackward", 0) == 1]
-        self.frozen_before = max(stops) if stops else 0
-        for layer in list(self.model.layers)[:self.frozen_before]:
+        self.frozen_layers = max(stops) + 1 if stops else 0
+        for layer in list(self.model.layers)[:self.frozen_layers]:
             for p in layer.parameters():
                 p.requires_grad_(False)
 
@@ -788,6 +790,10 @@ class Trainer:
 
     def _report(self, state: "RunState", loss: float, seconds: float, load_time: float, chart: Chart, bar) -> None:
         """avg loss (0.9/0.1, restarted after NaN), Darknet's main line, the chart point and the progress bar."""
+        if not math.isfinite(loss) and not state.warned_divergence:
+            state.warned_divergence = True
+            self._print(f" warning: the loss is {loss} at iteration {state.iteration}: training diverged (Darknet "
+                        f"goes on, and so does darkpy); a lower learning_rate or a longer burn_in may help")
         if state.avg_loss < 0 or state.avg_loss != state.avg_loss:
             state.avg_loss = loss
         state.avg_loss = state.avg_loss * 0.9 + loss * 0.1

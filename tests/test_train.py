@@ -420,3 +420,24 @@ def test_sigkill_between_snapshots_then_resume(tmp_path):
     t = trainer(data, cfg, resume=True, max_batches=seen // 2 + 1)
     assert t.start_iteration == seen // 2
     assert run_trainer(t) == 0 and t.final_iteration == seen // 2 + 1
+
+
+def test_stopbackward_freezes_that_layer_and_those_before(tmp_path):
+    data = make_dataset(tmp_path, images=4)
+    text = write_cfg(tmp_path, max_batches=3).read_text()
+    text = text.replace("filters=32\nsize=3\nstride=1\npad=1\nactivation=leaky\n\n[maxpool]",
+                        "filters=32\nsize=3\nstride=1\npad=1\nactivation=leaky\nstopbackward=1\n\n[maxpool]", 1)
+    cfg = tmp_path / "stop.cfg"
+    cfg.write_text(text)
+    t = trainer(data, cfg)
+    assert t.frozen_layers == 3  # layers 0 (conv), 1 (maxpool), 2 (conv with stopbackward=1)
+    frozen = [t.model.layers[0].weight, t.model.layers[2].weight]
+    before = [p.detach().clone() for p in frozen]
+    trained_before = t.model.layers[4].weight.detach().clone()
+    optimized = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in optimized for p in frozen)
+    images, truths = next(iter(t._loader()))
+    t.train_iteration(images, truths, 50)
+    assert all(torch.equal(a, p.detach()) for a, p in zip(before, frozen))
+    assert not torch.equal(t.model.layers[4].weight.detach(), trained_before)  # the layers after it train
+    t.close()
