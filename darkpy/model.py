@@ -34,6 +34,9 @@ class Darknet(nn.Module):
         super().__init__()
         net = sections[0]
         self.cfg_path = net.file
+        # [net] as typed, located options (get_int/get_float/... raise CfgError naming file and line) for the
+        # trainer; `net` is the same as plain strings.
+        self.net_section = net
         self.net: Dict[str, str] = {k: o.value for k, o in net.options.items()}
         for key in NET_KEYS:
             net.raw(key)
