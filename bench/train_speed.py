@@ -67,7 +67,7 @@ def darkpy_step(cfg: str, size: int, batch: int, device: torch.device, amp: bool
         warnings.simplefilter("ignore")
         model = Darknet.from_cfg(cfg, width=size, height=size).to(device).train()
         loss = DarknetLoss(model.heads, warn=False)
-    settings = OptimizerSettings.from_net(model.net, batch)
+    settings = OptimizerSettings.from_net(model.net_section, batch)
     optimizer = build_optimizer(model.layers, settings)
     images, truths = synthetic_batch(batch, size, int(model.heads[-1].classes))
     images = images.to(device)

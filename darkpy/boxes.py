@@ -17,7 +17,7 @@ for the training loss); for numpy float32 input they reproduce Darknet's float r
 """
 from dataclasses import dataclass
 from math import pi
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -289,6 +289,34 @@ def _cell_grid(output: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return col.reshape(-1).astype(F32), row.reshape(-1).astype(F32), anchor.reshape(-1)
 
 
+class _Cells(NamedTuple):
+    """A head's output as Darknet's get_*_detections loops over it: one row per cell and anchor, in its order."""
+
+    entries: np.ndarray  # (N, E) the output entries of each row
+    col: np.ndarray  # (N,) float32 column of the row's cell
+    row: np.ndarray  # (N,) float32 row of the row's cell
+    anchor_wh: np.ndarray  # (N, 2) the row's anchor (w, h)
+    cols: int
+    rows: int
+
+    def centre(self, tx: np.ndarray, ty: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Box centre relative to the network: ((col + tx) / W, (row + ty) / H), in float."""
+        return (self.col + tx) / F32(self.cols), (self.row + ty) / F32(self.rows)
+
+
+def _head_cells(output: np.ndarray, head: HeadSpec, box_entries: int, thresh: Optional[F32] = None) -> _Cells:
+    """Check the output's shape and list its cells; with `thresh`, only those whose objectness (the entry after
+    the box entries) is > thresh, as get_yolo_detections / get_gaussian_yolo_detections keep them."""
+    output = _check_output(output, head, box_entries)
+    flat = _cells_first(output)
+    col, row, anchor = _cell_grid(output)
+    if thresh is not None:
+        keep = flat[:, box_entries] > thresh
+        flat, col, row, anchor = flat[keep], col[keep], row[keep], anchor[keep]
+    rows, cols = output.shape[2:]
+    return _Cells(flat, col, row, head.anchors[anchor], cols, rows)
+
+
 def _exp_scale(t: np.ndarray, anchor: np.ndarray, size: int) -> np.ndarray:
     """`exp(t) * anchor / size` with C's double exp, rounded to float."""
     return (np.exp(t.astype(np.float64)) * anchor.astype(np.float64) / size).astype(F32)
@@ -345,17 +373,11 @@ def decode_yolo(output: np.ndarray, head: HeadSpec, net_wh: Tuple[int, int], ima
                 thresh: float, letter_box: bool) -> BoxSet:
     """[yolo] head output (A, 4+1+classes, H, W), as left by Darknet's forward -> boxes with objectness > thresh
     (get_yolo_detections + get_yolo_box + correct_yolo_boxes)."""
-    output = _check_output(output, head, 4)
     thresh = F32(thresh)
-    flat = _cells_first(output)
-    col, row, anchor = _cell_grid(output)
-    keep = flat[:, 4] > thresh
-    flat, col, row, anchor = flat[keep], col[keep], row[keep], anchor[keep]
-    rows, cols = output.shape[2:]
+    cells = _head_cells(output, head, 4, thresh)
+    flat, anchor_wh = cells.entries, cells.anchor_wh
     net_w, net_h = net_wh
-    anchor_wh = head.anchors[anchor]
-    x = (col + flat[:, 0]) / F32(cols)
-    y = (row + flat[:, 1]) / F32(rows)
+    x, y = cells.centre(flat[:, 0], flat[:, 1])
     if head.new_coords:
         w = flat[:, 2] * flat[:, 2] * F32(4) * anchor_wh[:, 0] / F32(net_w)
         h = flat[:, 3] * flat[:, 3] * F32(4) * anchor_wh[:, 1] / F32(net_h)
@@ -371,19 +393,13 @@ def decode_gaussian_yolo(output: np.ndarray, head: HeadSpec, net_wh: Tuple[int, 
                          image_wh: Tuple[int, int], thresh: float, letter_box: bool) -> BoxSet:
     """[Gaussian_yolo] output (A, 8+1+classes, H, W): x, σx, y, σy, w, σw, h, σh, objectness, classes ->
     boxes with objectness > thresh, prob = obj·cls·(1 - mean σ) (get_gaussian_yolo_detections)."""
-    output = _check_output(output, head, 8)
     thresh = F32(thresh)
-    flat = _cells_first(output)
-    col, row, anchor = _cell_grid(output)
-    keep = flat[:, 8] > thresh
-    flat, col, row, anchor = flat[keep], col[keep], row[keep], anchor[keep]
-    rows, cols = output.shape[2:]
+    cells = _head_cells(output, head, 8, thresh)
+    flat, anchor_wh = cells.entries, cells.anchor_wh
     net_w, net_h = net_wh
-    anchor_wh = head.anchors[anchor]
     w = _exp_scale(flat[:, 4], anchor_wh[:, 0], net_w)
     h = _exp_scale(flat[:, 6], anchor_wh[:, 1], net_h)
-    x = (col + flat[:, 0]) / F32(cols)
-    y = (row + flat[:, 2]) / F32(rows)
+    x, y = cells.centre(flat[:, 0], flat[:, 2])
     if head.yolo_point == "left_top":
         x, y = x + w / 2, y + h / 2
     elif head.yolo_point == "right_bottom":
@@ -416,16 +432,12 @@ def decode_region(output: np.ndarray, head: HeadSpec, net_wh: Tuple[int, int], i
         raise NotImplementedError(f"region head {head.index}: softmax trees (tree=, YOLO9000) are not supported")
     if head.coords != 4:
         raise NotImplementedError(f"region head {head.index}: coords={head.coords} (only 4 is supported)")
-    output = _check_output(output, head, 4)
     thresh = F32(thresh)
-    flat = _cells_first(output)
-    col, row, anchor = _cell_grid(output)
-    rows, cols = output.shape[2:]
-    anchor_wh = head.anchors[anchor]
-    x = (col + _logistic(flat[:, 0])) / F32(cols)
-    y = (row + _logistic(flat[:, 1])) / F32(rows)
-    w = _exp_scale(flat[:, 2], anchor_wh[:, 0], cols)
-    h = _exp_scale(flat[:, 3], anchor_wh[:, 1], rows)
+    cells = _head_cells(output, head, 4)  # every cell: custom_get_region_detections keeps them all
+    flat, anchor_wh = cells.entries, cells.anchor_wh
+    x, y = cells.centre(_logistic(flat[:, 0]), _logistic(flat[:, 1]))
+    w = _exp_scale(flat[:, 2], anchor_wh[:, 0], cells.cols)
+    h = _exp_scale(flat[:, 3], anchor_wh[:, 1], cells.rows)
     scale = flat[:, 4].copy()
     if head.classfix == -1:
         scale = np.where(scale < F32(0.5), F32(0), scale).astype(F32)

@@ -46,35 +46,20 @@ def _where(head) -> str:
     return f"layer {getattr(head, 'index', '?')} [{head.kind}]"
 
 
-def _atof(value, default: float) -> float:
-    """An option value as Darknet's atof reads it (the longest numeric prefix, 0 when there is none); the head
-    may already hold typed values (the model reads every option with its default)."""
-    if value is None or value == "":
-        return default
-    if isinstance(value, (int, float)):
-        return float(value)
-    text = str(value).split("#", 1)[0].strip()
-    for end in range(len(text), 0, -1):
-        try:
-            return float(text[:end])
-        except ValueError:
-            continue
-    return 0.0
-
-
-def _atoi(value, default: int) -> int:
-    return int(_atof(value, default))
-
-
-def _class_multipliers(head, counters: Optional[str], classes: int, max_delta: float) -> Optional[np.ndarray]:
+def _class_multipliers(head, classes: int, max_delta: float) -> Optional[np.ndarray]:
     """yolo `counters_per_class` -> max_count / count per class, capped at max_delta (get_classes_multipliers)."""
+    counters = head.section.get_int_list("counters_per_class")  # the head keeps it as a string: read it typed
     if not counters:
         return None
-    values = [v for v in str(counters).split("#", 1)[0].split(",") if v.strip() != ""]
-    if len(values) != classes:
-        raise LossError(f"{_where(head)} counters_per_class has {len(values)} values but classes={classes}")
-    counts = np.array([max(1, int(_atof(v, 0))) for v in values], dtype=np.float64)
+    if len(counters) != classes:
+        raise LossError(f"{_where(head)} counters_per_class has {len(counters)} values but classes={classes}")
+    counts = np.array([max(1, c) for c in counters], dtype=np.float64)
     return np.minimum(counts.max() / counts, max_delta).astype(np.float32)
+
+
+def _all_anchors(head) -> np.ndarray:
+    """The head's anchors of the whole cfg line, (num, 2) float32."""
+    return head.all_anchors.detach().cpu().numpy().astype(np.float32).reshape(-1, 2)
 
 
 @dataclass
@@ -104,46 +89,44 @@ class YoloLossOptions:
 
     @classmethod
     def from_head(cls, head) -> "YoloLossOptions":
-        o = dict(getattr(head, "options", {}) or {})
-        classes = int(head.classes)
-        max_delta = _atof(o.get("max_delta"), FLT_MAX)
-        iou_loss = str(o.get("iou_loss") or "mse").strip()
+        """From a [yolo] head: its options are already read, typed, with parse_yolo's defaults (head.options)."""
+        o = head.options
+        iou_loss = o["iou_loss"]
         if iou_loss not in ("mse",) + IOU_KINDS:
             iou_loss = "iou"  # Darknet: any other string selects plain IoU
-        kind = str(o.get("iou_thresh_kind") or "iou").strip()
+        kind = o["iou_thresh_kind"]
         ignored = []
         if kind not in IOU_KINDS:
             ignored.append(f"iou_thresh_kind={kind} (Darknet says 'Wrong iou_thresh_kind' and uses iou)")
             kind = "iou"
-        if o.get("map"):
+        if o["map"]:
             ignored.append(f"map={o['map']} (class-id remapping file)")
-        if _atof(o.get("delta_normalizer"), 1.0) != 1.0:
+        if o["delta_normalizer"] != 1.0:
             ignored.append(f"delta_normalizer={o['delta_normalizer']} (Darknet's GPU build multiplies gradients by it, "
                            "its CPU build and darkpy do not)")
-        if o.get("embedding_layer") not in (None, "", 0, 999999):
+        if o["embedding_layer"] not in (0, 999999):
             ignored.append(f"embedding_layer={o['embedding_layer']} (tracking embeddings are not trained)")
-        anchors = head.all_anchors.detach().cpu().numpy() if torch.is_tensor(head.all_anchors) \
-            else np.asarray(head.all_anchors)
+        classes = int(head.classes)
         return cls(
             classes=classes,
             mask=tuple(int(m) for m in head.mask),
-            anchors=np.asarray(anchors, dtype=np.float32).reshape(-1, 2),
-            ignore_thresh=_atof(o.get("ignore_thresh"), 0.5),
-            truth_thresh=_atof(o.get("truth_thresh"), 1.0),
-            iou_thresh=_atof(o.get("iou_thresh"), 1.0),
+            anchors=_all_anchors(head),
+            ignore_thresh=o["ignore_thresh"],
+            truth_thresh=o["truth_thresh"],
+            iou_thresh=o["iou_thresh"],
             iou_thresh_kind=kind,
             iou_loss=iou_loss,
-            iou_normalizer=_atof(o.get("iou_normalizer"), 0.75),
-            obj_normalizer=_atof(o.get("obj_normalizer"), 1.0),
-            cls_normalizer=_atof(o.get("cls_normalizer"), 1.0),
-            max_delta=max_delta,
-            label_smooth_eps=_atof(o.get("label_smooth_eps"), 0.0),
-            classes_multipliers=_class_multipliers(head, o.get("counters_per_class"), classes, max_delta),
-            objectness_smooth=_atoi(o.get("objectness_smooth"), 0),
-            focal_loss=_atoi(o.get("focal_loss"), 0),
-            scale_x_y=float(getattr(head, "scale_x_y", _atof(o.get("scale_x_y"), 1.0))),
-            new_coords=int(getattr(head, "new_coords", _atoi(o.get("new_coords"), 0))),
-            show_details=_atoi(o.get("show_details"), 1),
+            iou_normalizer=o["iou_normalizer"],
+            obj_normalizer=o["obj_normalizer"],
+            cls_normalizer=o["cls_normalizer"],
+            max_delta=o["max_delta"],
+            label_smooth_eps=o["label_smooth_eps"],
+            classes_multipliers=_class_multipliers(head, classes, o["max_delta"]),
+            objectness_smooth=o["objectness_smooth"],
+            focal_loss=o["focal_loss"],
+            scale_x_y=float(head.scale_x_y),
+            new_coords=int(head.new_coords),
+            show_details=o["show_details"],
             ignored=ignored,
         )
 
@@ -167,29 +150,23 @@ class RegionLossOptions:
 
     @classmethod
     def from_head(cls, head) -> "RegionLossOptions":
-        o = dict(getattr(head, "options", {}) or {})
-        if o.get("tree"):
-            raise LossError(f"{_where(head)} tree={o['tree']}: training with a softmax tree (YOLO9000) is not "
-                            "supported by darkpy")
-        ignored = [f"map={o['map']} (class-id remapping file)"] if o.get("map") else []
-        anchors = head.all_anchors.detach().cpu().numpy() if torch.is_tensor(head.all_anchors) \
-            else np.asarray(head.all_anchors)
-
-        def attr(name, key, default, conv=_atof):
-            return getattr(head, name) if hasattr(head, name) else conv(o.get(key), default)
-
+        """From a [region] head: its options are already read, typed, with parse_region's defaults (the head
+        refuses tree= itself)."""
+        o = head.options
+        map_file = head.section.get_str("map")  # parse_region reads it, the head does not
+        ignored = [f"map={map_file} (class-id remapping file)"] if map_file else []
         return cls(
             classes=int(head.classes),
-            anchors=np.asarray(anchors, dtype=np.float32).reshape(-1, 2),
-            thresh=_atof(o.get("thresh"), 0.5),
-            coord_scale=float(attr("coord_scale", "coord_scale", 1.0)),
-            object_scale=float(attr("object_scale", "object_scale", 1.0)),
-            noobject_scale=float(attr("noobject_scale", "noobject_scale", 1.0)),
-            class_scale=float(attr("class_scale", "class_scale", 1.0)),
-            rescore=int(attr("rescore", "rescore", 0, _atoi)),
-            bias_match=int(attr("bias_match", "bias_match", 0, _atoi)),
-            classfix=_atoi(o.get("classfix"), 0),
-            focal_loss=_atoi(o.get("focal_loss"), 0),
+            anchors=_all_anchors(head),
+            thresh=o["thresh"],
+            coord_scale=head.coord_scale,
+            object_scale=head.object_scale,
+            noobject_scale=head.noobject_scale,
+            class_scale=head.class_scale,
+            rescore=head.rescore,
+            bias_match=head.bias_match,
+            classfix=o["classfix"],
+            focal_loss=o["focal_loss"],
             ignored=ignored,
         )
 

@@ -17,10 +17,12 @@ import math
 import random
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from darkpy.cfg import Section
 
 POLICIES = ("constant", "step", "steps", "exp", "poly", "sigmoid", "random", "sgdr")
 
@@ -36,35 +38,10 @@ class ScheduleWarning(UserWarning):
     """A [net] learning-rate setting Darknet accepts with a fallback."""
 
 
-def _first_value(value) -> Optional[str]:
-    if value is None:
-        return None
-    value = str(value).split("#", 1)[0].strip()
-    return value or None
-
-
-def _atof(value, default: float) -> float:
-    """atof: the longest numeric prefix (0 when none), `default` when the key is absent."""
-    text = _first_value(value)
-    if text is None:
-        return default
-    for end in range(len(text), 0, -1):
-        try:
-            return float(text[:end])
-        except ValueError:
-            continue
-    return 0.0
-
-
-def _atoi(value, default: int) -> int:
-    return int(_atof(value, default))
-
-
-def _list(value, convert) -> List:
-    text = _first_value(value)
-    if text is None:
-        return []
-    return [convert(v, 0) for v in text.split(",") if v.strip() != ""]
+def _where(net: Section, key: str) -> str:
+    """'file:line: [net]' of an option (of the section when the option is absent), for ScheduleError/Warning."""
+    line = net.options[key].line if net.has(key) else net.line
+    return f"{net.file}:{line}: [net]"
 
 
 @dataclass
@@ -87,37 +64,38 @@ class LearningRatePolicy:
     rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
 
     @classmethod
-    def from_net(cls, net: Mapping[str, str], learning_rate: Optional[float] = None,
-                 max_batches: Optional[int] = None, where: str = "[net]") -> "LearningRatePolicy":
-        """From the [net] options (strings); `learning_rate`/`max_batches` override the cfg (command line)."""
-        lr = _atof(net.get("learning_rate"), 0.001) if learning_rate is None else float(learning_rate)
-        mb = _atoi(net.get("max_batches"), 0) if max_batches is None else int(max_batches)
-        policy = (_first_value(net.get("policy")) or "constant")
+    def from_net(cls, net: Section, learning_rate: Optional[float] = None,
+                 max_batches: Optional[int] = None) -> "LearningRatePolicy":
+        """From the [net] section (parse_net_options); `learning_rate`/`max_batches` override the cfg (command
+        line). A value that is not a number raises CfgError naming file, line and option."""
+        lr = net.get_float("learning_rate", 0.001) if learning_rate is None else float(learning_rate)
+        mb = net.get_int("max_batches", 0) if max_batches is None else int(max_batches)
+        policy = net.get_str("policy", "constant")
         if policy not in POLICIES:
-            warnings.warn(f"{where} policy={policy}: Darknet says \"Couldn't find policy {policy}, going with "
-                          "constant\"", ScheduleWarning, stacklevel=2)
+            warnings.warn(f"{_where(net, 'policy')} policy={policy}: Darknet says \"Couldn't find policy {policy}, "
+                          "going with constant\"", ScheduleWarning, stacklevel=2)
             policy = "constant"
-        p = cls(learning_rate=lr, policy=policy, burn_in=_atoi(net.get("burn_in"), 0),
-                power=_atof(net.get("power"), 4.0), max_batches=mb,
-                learning_rate_min=_atof(net.get("learning_rate_min"), 0.00001),
-                sgdr_cycle=_atoi(net.get("sgdr_cycle"), mb), sgdr_mult=_atoi(net.get("sgdr_mult"), 2))
+        p = cls(learning_rate=lr, policy=policy, burn_in=net.get_int("burn_in", 0),
+                power=net.get_float("power", 4.0), max_batches=mb,
+                learning_rate_min=net.get_float("learning_rate_min", 0.00001),
+                sgdr_cycle=net.get_int("sgdr_cycle", mb), sgdr_mult=net.get_int("sgdr_mult", 2))
         if policy == "step":
-            p.step, p.scale = _atoi(net.get("step"), 1), _atof(net.get("scale"), 1.0)
+            p.step, p.scale = net.get_int("step", 1), net.get_float("scale", 1.0)
         elif policy in ("steps", "sgdr"):
-            steps, scales = net.get("steps"), net.get("scales")
-            if policy == "steps" and (_first_value(steps) is None or _first_value(scales) is None):
-                raise ScheduleError(f"{where} policy=steps needs both steps= and scales= (Darknet: \"STEPS policy "
-                                    "must have steps and scales in cfg file\")")
-            p.steps = tuple(_list(steps, _atoi))
-            p.scales = tuple(_list(scales, _atof)) if _first_value(scales) is not None else (1.0,) * len(p.steps)
+            steps, scales = net.get_int_list("steps"), net.get_float_list("scales")
+            if policy == "steps" and (steps is None or scales is None):
+                raise ScheduleError(f"{_where(net, 'policy')} policy=steps needs both steps= and scales= (Darknet: "
+                                    "\"STEPS policy must have steps and scales in cfg file\")")
+            p.steps = tuple(steps or ())
+            p.scales = tuple(scales) if scales is not None else (1.0,) * len(p.steps)
             if len(p.scales) < len(p.steps):
-                raise ScheduleError(f"{where} steps= has {len(p.steps)} values but scales= has {len(p.scales)} "
-                                    "(Darknet reads past the end of the list)")
+                raise ScheduleError(f"{_where(net, 'scales')} steps= has {len(p.steps)} values but scales= has "
+                                    f"{len(p.scales)} (Darknet reads past the end of the list)")
             p.scales = p.scales[:len(p.steps)]
         elif policy == "exp":
-            p.gamma = _atof(net.get("gamma"), 1.0)
+            p.gamma = net.get_float("gamma", 1.0)
         elif policy == "sigmoid":
-            p.gamma, p.step = _atof(net.get("gamma"), 1.0), _atoi(net.get("step"), 1)
+            p.gamma, p.step = net.get_float("gamma", 1.0), net.get_int("step", 1)
         return p
 
     def rate(self, batch_num: int) -> float:
@@ -175,12 +153,13 @@ class OptimizerSettings:
     eps: float = 0.000001
 
     @classmethod
-    def from_net(cls, net: Mapping[str, str], batch: int) -> "OptimizerSettings":
-        adam = bool(_atoi(net.get("adam"), 0))
-        return cls(batch=int(batch), momentum=_atof(net.get("momentum"), 0.9), decay=_atof(net.get("decay"), 0.0001),
-                   adam=adam, b1=_atof(net.get("B1"), 0.9) if adam else 0.9,
-                   b2=_atof(net.get("B2"), 0.999) if adam else 0.999,
-                   eps=_atof(net.get("eps"), 0.000001) if adam else 0.000001)
+    def from_net(cls, net: Section, batch: int) -> "OptimizerSettings":
+        """From the [net] section (parse_net_options: B1, B2, eps are read only with adam=1)."""
+        adam = bool(net.get_int("adam", 0))
+        return cls(batch=int(batch), momentum=net.get_float("momentum", 0.9), decay=net.get_float("decay", 0.0001),
+                   adam=adam, b1=net.get_float("B1", 0.9) if adam else 0.9,
+                   b2=net.get_float("B2", 0.999) if adam else 0.999,
+                   eps=net.get_float("eps", 0.000001) if adam else 0.000001)
 
 
 def _is_decayed(layer: nn.Module, name: str) -> bool:

@@ -26,7 +26,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -174,26 +174,6 @@ def _positive(value: int, what: str) -> int:
     if value is None or value < 1:
         raise TrainError(f"{what} must be a positive integer (got {value})")
     return int(value)
-
-
-def _net_float(net: Dict[str, str], key: str, default: float) -> float:
-    value = net.get(key)
-    if value is None or str(value).split("#", 1)[0] == "":
-        return default
-    try:
-        return float(str(value).split("#", 1)[0])
-    except ValueError:
-        raise TrainError(f"[net] {key}={value} is not a number") from None
-
-
-def _net_int(net: Dict[str, str], key: str, default: int) -> int:
-    value = net.get(key)
-    if value is None:
-        return default
-    try:
-        return int(float(str(value).split("#", 1)[0]))
-    except ValueError:
-        raise TrainError(f"[net] {key}={value} is not an integer") from None
 
 
 @dataclass
@@ -488,10 +468,10 @@ class Trainer:
                                      f"the file is corrupt (or training diverged when it was written)")
 
     def _read_settings(self) -> None:
-        opts, net = self.options, self.model.net
-        self.batch = _positive(opts.batch if opts.batch is not None else _net_int(net, "batch", 1), "batch")
+        opts, net = self.options, self.model.net_section
+        self.batch = _positive(opts.batch if opts.batch is not None else net.get_int("batch", 1), "batch")
         self.subdivisions = _positive(opts.subdivisions if opts.subdivisions is not None
-                                      else _net_int(net, "subdivisions", 1), "subdivisions")
+                                      else net.get_int("subdivisions", 1), "subdivisions")
         self.mini_batch = self.batch // self.subdivisions
         if self.mini_batch < 1:
             raise TrainError(f"batch={self.batch} is smaller than subdivisions={self.subdivisions}: each mini-batch "
@@ -501,18 +481,17 @@ class Trainer:
             raise TrainError("batch=1: Darknet refuses to train with one image per iteration (\"You set incorrect "
                              "value batch=1 for Training!\"); use e.g. batch=64 subdivisions=16")
         self.max_batches = (opts.max_batches if opts.max_batches is not None
-                            else _net_int(net, "max_batches", 0))
+                            else net.get_int("max_batches", 0))
         if self.max_batches < 1:
             raise TrainError(f"{opts.cfg}: [net] max_batches is {self.max_batches}: set it (or --max-batches)")
-        where = f"{opts.cfg}: [net]"
-        self.policy = LearningRatePolicy.from_net(net, opts.learning_rate, self.max_batches, where=where)
+        self.policy = LearningRatePolicy.from_net(net, opts.learning_rate, self.max_batches)
         self.opt_settings = OptimizerSettings.from_net(net, self.images_per_iteration)
         self.cfg_decay = self.opt_settings.decay
         if self.dist.enabled:  # summed gradients over N processes: decay as Darknet's N averaged nets apply it
             self.opt_settings.decay *= self.dist.world
-        self.ema_alpha = _net_float(net, "ema_alpha", 0.0)
+        self.ema_alpha = net.get_float("ema_alpha", 0.0)
         self.start_iteration = self.start_seen // self.images_per_iteration
-        self.max_chart_loss = _net_float(net, "max_chart_loss", 20.0)
+        self.max_chart_loss = net.get_float("max_chart_loss", 20.0)
 
     def _backup_dir_from_data(self) -> Path:
         config = read_data_config(self.options.data)
@@ -561,7 +540,7 @@ class Trainer:
             if net.has(key):
                 items.append(f"{net.file}:{net.options[key].line}: [net] {key}={net.raw(key)} (Darknet GPU memory/"
                              "speed setting, no effect in darkpy)")
-        if net.has("time_steps") and _net_int(self.model.net, "time_steps", 1) != 1:
+        if net.has("time_steps") and net.get_int("time_steps", 1) != 1:
             items.append(f"{net.file}:{net.options['time_steps'].line}: [net] time_steps (recurrent training)")
         for layer in self.model.layers:
             section = layer.section

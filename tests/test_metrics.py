@@ -1,13 +1,12 @@
 """darkpy.metrics against C Darknet's `detector map` output and hand-computed cases."""
 import json
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from conftest import ORACLE, require
-from darkpy.boxes import box_iou
+from darkpy.boxes import Detection, box_iou
 from darkpy.data import read_labels, read_names
 from darkpy.metrics import (
     COCO_CATEGORY_IDS,
@@ -33,16 +32,6 @@ DARKNET_RUNS = {
 }
 
 
-@dataclass
-class Det:
-    x: float
-    y: float
-    w: float
-    h: float
-    objectness: float
-    probs: np.ndarray
-
-
 def oracle_detections(name):
     """Darknet's own boxes for `detector map` (thresh 0.005, hier 0, NMS .45), in darknet's NMS output order."""
     data = json.loads(require(REAL / name / "detections_map.json").read_text())
@@ -51,7 +40,7 @@ def oracle_detections(name):
         probs = np.zeros(80, np.float32)
         for class_id, prob in box["probs_nonzero"].items():
             probs[int(class_id)] = prob
-        detections.append(Det(*box["bbox_xywh_rel"], box["objectness"], probs))
+        detections.append(Detection(*box["bbox_xywh_rel"], box["objectness"], probs))
     return detections, tuple(data["orig_image_wh"])
 
 
@@ -117,8 +106,8 @@ def test_known_darknet_figures(tiny3):
 def test_thresh_counts_depend_on_nms_output_order():
     """Darknet's TP/FP at thresh look at earlier records *of the image in NMS output order*, any probability."""
     truth = np.array([[0, 0.5, 0.5, 0.2, 0.2]], np.float32)
-    weak = Det(0.5, 0.5, 0.2, 0.2, 0.1, np.array([0.01], np.float32))
-    strong = Det(0.5, 0.5, 0.2, 0.2, 0.9, np.array([0.9], np.float32))
+    weak = Detection(0.5, 0.5, 0.2, 0.2, 0.1, np.array([0.01], np.float32))
+    strong = Detection(0.5, 0.5, 0.2, 0.2, 0.9, np.array([0.9], np.float32))
     weak_first = darknet_map([[weak, strong]], [truth], classes=1)
     strong_first = darknet_map([[strong, weak]], [truth], classes=1)
     assert (weak_first.tp, weak_first.fp) == (0, 1)
@@ -130,9 +119,9 @@ def test_thresh_counts_depend_on_nms_output_order():
 def test_ap_by_hand():
     """Two truths; ranked TP, FP, TP: precision 1, .5, .667 at recall .5, .5, 1."""
     truths = np.array([[0, 0.2, 0.2, 0.1, 0.1], [0, 0.7, 0.7, 0.1, 0.1]], np.float32)
-    detections = [Det(0.2, 0.2, 0.1, 0.1, 1, np.array([0.9], np.float32)),
-                  Det(0.45, 0.45, 0.1, 0.1, 1, np.array([0.8], np.float32)),
-                  Det(0.7, 0.7, 0.1, 0.1, 1, np.array([0.7], np.float32))]
+    detections = [Detection(0.2, 0.2, 0.1, 0.1, 1, np.array([0.9], np.float32)),
+                  Detection(0.45, 0.45, 0.1, 0.1, 1, np.array([0.8], np.float32)),
+                  Detection(0.7, 0.7, 0.1, 0.1, 1, np.array([0.7], np.float32))]
     auc = darknet_map([detections], [truths], classes=1, points=0).ap[0]
     voc = darknet_map([detections], [truths], classes=1, points=11).ap[0]
     assert auc == pytest.approx(0.5 * 1 + 0.5 * (2 / 3), abs=1e-12)
@@ -141,7 +130,7 @@ def test_ap_by_hand():
 
 def test_map_averages_over_all_classes():
     truths = np.array([[0, 0.5, 0.5, 0.2, 0.2]], np.float32)
-    detections = [Det(0.5, 0.5, 0.2, 0.2, 1, np.array([0.9, 0, 0, 0], np.float32))]
+    detections = [Detection(0.5, 0.5, 0.2, 0.2, 1, np.array([0.9, 0, 0, 0], np.float32))]
     result = darknet_map([detections], [truths], classes=4)
     assert result.ap == [1.0, 0.0, 0.0, 0.0] and result.mean_ap == 0.25
 
@@ -149,7 +138,7 @@ def test_map_averages_over_all_classes():
 def test_iou_threshold_is_strict():
     truth = np.array([[0, 0.5, 0.5, 0.5, 0.5]], np.float32)
     # half as wide, same centre: IoU exactly 0.5 -> not a match at iou_thresh .5
-    detection = Det(0.5, 0.5, 0.25, 0.5, 1, np.array([0.9], np.float32))
+    detection = Detection(0.5, 0.5, 0.25, 0.5, 1, np.array([0.9], np.float32))
     assert box_iou(np.float32([0.5, 0.5, 0.25, 0.5]), truth[0, 1:]) == np.float32(0.5)
     assert darknet_map([[detection]], [truth], classes=1, iou_thresh=0.5).ap == [0.0]
     assert darknet_map([[detection]], [truth], classes=1, iou_thresh=0.49).ap == [1.0]
@@ -160,7 +149,7 @@ def test_difficult_detection_leaves_ranking_but_counts_fp_at_thresh():
     at thresh (it decrements the detection count and goes on to the threshold step)."""
     truths = np.zeros((0, 5), np.float32)
     difficult = np.array([[0, 0.5, 0.5, 0.2, 0.2]], np.float32)
-    detection = Det(0.5, 0.5, 0.2, 0.2, 1, np.array([0.9], np.float32))
+    detection = Detection(0.5, 0.5, 0.2, 0.2, 1, np.array([0.9], np.float32))
     result = darknet_map([[detection]], [truths], classes=1, difficult=[difficult])
     assert result.detections_count == 0
     assert (result.tp, result.fp) == (0, 1)
@@ -168,7 +157,7 @@ def test_difficult_detection_leaves_ranking_but_counts_fp_at_thresh():
 
 def test_nan_printed_like_glibc():
     """No detection above thresh and no truth: darknet divides 0 by 0 and glibc prints -nan."""
-    result = darknet_map([[Det(0.5, 0.5, 0.2, 0.2, 1, np.array([0.1], np.float32))]],
+    result = darknet_map([[Detection(0.5, 0.5, 0.2, 0.2, 1, np.array([0.1], np.float32))]],
                          [np.zeros((0, 5), np.float32)], classes=1)
     line = format_map_report(result, ["a"])[-5]
     assert line == " for conf_thresh = 0.25, precision = -nan, recall = -nan, F1-score = -nan "
@@ -211,7 +200,7 @@ def test_coco_results_are_darknet_pixels(tiny3):
 
 def test_coco_perfect_detections_score_one():
     truths = np.array([[0, 0.3, 0.3, 0.2, 0.2], [1, 0.7, 0.6, 0.3, 0.5]], np.float32)
-    detections = [Det(*t[1:], 1.0, np.eye(2, dtype=np.float32)[int(t[0])] * 0.9) for t in truths]
+    detections = [Detection(*t[1:], 1.0, np.eye(2, dtype=np.float32)[int(t[0])] * 0.9) for t in truths]
     accumulator = MapAccumulator(2)
     accumulator.add_image(detections, truths, image_size=(640, 480))
     coco = coco_evaluate(accumulator, ["a", "b"])

@@ -5,14 +5,19 @@ import random
 import pytest
 import torch
 
-from darkpy.cfg import parse_cfg_text
+from darkpy.cfg import Section, parse_cfg_text
 from darkpy.model import Darknet
 from darkpy.schedule import (LearningRatePolicy, OptimizerSettings, ScheduleError, WeightsEma, build_optimizer,
                              parameter_groups, set_learning_rate)
 
 
+def net_section(**net) -> Section:
+    """A [net] section holding these options, as parse_cfg reads them."""
+    return parse_cfg_text("[net]\n" + "".join(f"{k}={v}\n" for k, v in net.items()), "net.cfg")[0]
+
+
 def policy(**net) -> LearningRatePolicy:
-    return LearningRatePolicy.from_net({k: str(v) for k, v in net.items()})
+    return LearningRatePolicy.from_net(net_section(**net))
 
 
 def test_burn_in_overrides_the_policy():
@@ -142,8 +147,7 @@ def test_parameter_groups_split_by_multiplier_and_decay():
 
 def test_adam_follows_darknet_adam_update():
     model = _model()
-    settings = OptimizerSettings.from_net({"adam": "1", "B1": "0.8", "B2": "0.99", "eps": "0.001",
-                                           "decay": "0.001"}, batch=2)
+    settings = OptimizerSettings.from_net(net_section(adam=1, B1=0.8, B2=0.99, eps=0.001, decay=0.001), batch=2)
     assert settings.adam and settings.b1 == 0.8 and settings.eps == 0.001
     opt = build_optimizer(model.layers, settings)
     p = model.layers[0].bias

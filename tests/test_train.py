@@ -17,7 +17,7 @@ from darkpy.model import Darknet
 from darkpy.train import Trainer, TrainError, TrainOptions, basecfg
 from darkpy.weights import WeightsError
 
-TINY_CFG = """
+TINY_NET = """
 [net]
 batch=8
 subdivisions=1
@@ -33,39 +33,9 @@ steps=150
 scales=.1
 max_batches=200
 flip=1
+"""
 
-[convolutional]
-batch_normalize={bn}
-filters=16
-size=3
-stride=2
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize={bn}
-filters=32
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize={bn}
-filters=32
-size=3
-stride=1
-pad=1
-activation=leaky
-
+TINY_HEAD = """
 [convolutional]
 size=1
 stride=1
@@ -82,6 +52,29 @@ jitter=.1
 ignore_thresh=.5
 random=0
 """
+
+
+def conv3x3(filters: int, stride: int) -> str:
+    """A 3x3 leaky [convolutional]; `{bn}` (batch_normalize) is filled in by write_cfg."""
+    return f"""
+[convolutional]
+batch_normalize={{bn}}
+filters={filters}
+size=3
+stride={stride}
+pad=1
+activation=leaky
+"""
+
+
+MAXPOOL_2X2 = """
+[maxpool]
+size=2
+stride=2
+"""
+
+TINY_CFG = (TINY_NET + conv3x3(16, 2) + MAXPOOL_2X2 + conv3x3(32, 1) + MAXPOOL_2X2 + conv3x3(32, 1)
+            + TINY_HEAD)
 
 
 def make_dataset(root: Path, images: int = 12, seed: int = 0, savelast: int = 100) -> Path:
