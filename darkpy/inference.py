@@ -70,7 +70,9 @@ class Detector:
         self.heads = [HeadSpec.from_module(head) for head in model.heads]
         last = self.heads[-1]  # test_detector: the nms_kind of the last detection layer decides
         self.nms_kind, self.beta_nms = last.nms_kind, last.beta_nms
-        self.model.to(self.device)
+        # channels_last: oneDNN's convolutions and max-pools run in NHWC, about twice as fast on the CPU
+        # (docs/latency.md); the numbers are the same up to float rounding.
+        self.model.to(self.device, memory_format=torch.channels_last)
         if self.half:
             self.model.half()
 
@@ -93,6 +95,7 @@ class Detector:
         try:
             with torch.inference_mode():
                 x = torch.from_numpy(np.ascontiguousarray(inputs)).to(self.device)
+                x = x.contiguous(memory_format=torch.channels_last)
                 outputs = self.model(x.half() if self.half else x)
                 return [o.float().cpu().numpy() for o in outputs]
         finally:
