@@ -225,7 +225,8 @@ def print_cpu_table(rows: List[Dict[str, float]], args) -> None:
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"\nCPU, {args.threads} threads, batch 1, {args.size}x{args.size}: median ms per image "
           f"({args.rounds} interleaved rounds; torch {torch.__version__}, OpenCV {cv2.__version__}; "
-          f"{os.cpu_count()} CPUs, load average {load}; {args.clock} clock; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
+          f"{os.cpu_count()} CPUs, load average {load}; {args.clock} clock; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
     header = f"| model | {' | '.join(columns)} | best darkpy / OpenCV |"
     print(header)
     print("|" + "---|" * (len(columns) + 2))
@@ -287,7 +288,8 @@ def main(argv=None) -> int:
                              "which other processes on a busy machine do not inflate")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA figures even with a GPU")
-    parser.add_argument("--shared", type=Path, default=Path(os.environ.get("DARKPY_SHARED_DIR", REPO.parent / "shared")))
+    parser.add_argument("--shared", type=Path,
+                        default=Path(os.environ.get("DARKPY_SHARED_DIR", REPO.parent / "shared")))
     args = parser.parse_args(argv)
     if args.clock == "thread" and args.threads != 1:
         parser.error("--clock thread measures one thread: use it with --threads 1")

@@ -21,7 +21,6 @@ import contextlib
 import io
 import json
 import os
-import re
 import sys
 import warnings
 from dataclasses import dataclass
