@@ -112,8 +112,8 @@ def main() -> None:
     print(f"{len(paths)} images from {args.images}, {Path(args.cfg).name} at {args.size}x{args.size}, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads) on {args.device}, "
           f"OpenCV {cv2.__version__} ({cv2.getNumThreads()} threads) on the CPU")
-    print(f"| pipeline   | batch | seconds | images/s | vs OpenCV |")
-    print(f"|------------|------:|--------:|---------:|----------:|")
+    print("| pipeline   | batch | seconds | images/s | vs OpenCV |")
+    print("|------------|------:|--------:|---------:|----------:|")
     opencv_rate = len(paths) / opencv_seconds
     for name, batch, seconds in rows:
         rate = len(paths) / seconds

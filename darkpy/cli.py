@@ -1,8 +1,15 @@
 """The `darkpy` command: one subcommand per module, each exposing `add_arguments(parser)` and `run(args) -> int`."""
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
+
+# PyTorch's OpenMP threads spin while they wait: when other processes (data loaders, other jobs) share the cores,
+# every layer waits for a time slice and inference gets up to 20x slower. Passive waiting costs about 10 % on an
+# idle machine (yolov3-tiny 19.5 vs 17.4 ms) and avoids that (docs/latency.md). Must be set before torch loads;
+# a value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # subcommand -> (module, one-line help). Modules are imported only when their subcommand runs.
 COMMANDS = {

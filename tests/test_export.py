@@ -2,11 +2,8 @@
 darkpy.boxes (Darknet's own decoding), every layer kind outside the zoo, and the errors for layers that cannot be
 exported.
 
-The zoo loop exports a representative subset of the oracle fixtures by default (see REPRESENTATIVE: together
-they hold every layer type and option of the zoo); DARKPY_EXPORT_ALL_FIXTURES=1 runs all of them (about 2 min
-on 2 cores).
+The zoo loop exports every oracle fixture (about a minute on 2 cores for all 20).
 """
-import os
 import warnings
 
 import numpy as np
@@ -25,13 +22,6 @@ from darkpy.export import ExportError, decode_heads, export_onnx, verify_onnx  #
 from darkpy.model import Darknet  # noqa: E402
 
 FIXTURES = fixture_dirs(ORACLE) if ORACLE.is_dir() else []
-# Every layer type of the zoo but [sam]: connected/dropout/cost/relu (alexnet); scale_channels/avgpool/softmax/
-# swish/grouped conv (efficientnet_b0); region/reorg (yolov2); PRN shortcut/upsample (yolov3-tiny-prn); route
-# groups/scale_x_y (yolov4-tiny); route/maxpool/yolo/convolutional in most. [sam], share_index, dilation, mish and
-# new_coords (only in the big yolov4-sam-mish-csp-reorg-bfm, resnet152_trident, yolov4-csp: 10-20 s each to
-# export on 2 cores) are exported in test_layers_outside_the_zoo_export from small cfgs.
-REPRESENTATIVE = {"alexnet", "efficientnet_b0", "yolov2", "yolov3-tiny-prn", "yolov4-tiny"}
-RUN_ALL = os.environ.get("DARKPY_EXPORT_ALL_FIXTURES") == "1"
 NO_FIXTURES = f"no oracle fixtures in {ORACLE} (set DARKPY_ORACLE_DIR or add ../shared)"
 
 
@@ -65,8 +55,6 @@ def darknet_arrays(fixture):
 @pytest.mark.skipif(not FIXTURES, reason=NO_FIXTURES)
 @pytest.mark.parametrize("fixture", FIXTURES, ids=[f.name for f in FIXTURES])
 def test_zoo_fixture_onnx_matches_darkpy_and_darknet(fixture, tmp_path):
-    if not RUN_ALL and fixture.name not in REPRESENTATIVE:
-        pytest.skip("covered by the representative subset; DARKPY_EXPORT_ALL_FIXTURES=1 exports every fixture")
     model = build(fixture / "cfg.cfg", make_weights(ORACLE, fixture, tmp_path / "w.weights"))
     path = tmp_path / "model.onnx"
     names = export_onnx(model, path, dynamic_batch=True)
