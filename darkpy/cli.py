@@ -31,7 +31,9 @@ def _load(name: str):
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="darkpy", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="darkpy", description="Darknet's .cfg/.weights networks on PyTorch, with Darknet's numbers.",
+        epilog="`darkpy COMMAND --help` lists a command's options.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
