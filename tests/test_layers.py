@@ -307,3 +307,24 @@ groups=2
         heads = model(x)
     assert [tuple(h.shape) for h in heads] == [(2, 2, 7, 4, 4), (2, 2, 7, 4, 4), (2, 2, 11, 4, 4)]
     assert (heads[1][:, :, 5:].sum(dim=2) - 1).abs().max() < 1e-5  # region: softmax over classes
+
+
+def test_training_batch_norm_uses_darknets_unbiased_variance(tmp_path):
+    """Darknet's CPU batch norm (normalize_cpu with variance_cpu) divides by sqrt(var_{N-1} + 1e-5) in training and
+    moves the rolling statistics by 0.1 of the batch's mean and N-1 variance."""
+    model = build(tmp_path, "[convolutional]\nbatch_normalize=1\nfilters=3\nsize=1\nactivation=linear\n", w=3, h=2)
+    layer = model.layers[0]
+    with torch.no_grad():
+        layer.bn_weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
+        layer.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    model.train()
+    x = torch.rand(2, 2, 2, 3)
+    out = model(x)
+    conv = torch.nn.functional.conv2d(x, layer.weight)
+    mean = conv.mean(dim=(0, 2, 3))
+    var = conv.var(dim=(0, 2, 3), unbiased=True)  # N - 1 = 2*2*3 - 1
+    expected = (conv - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + 1e-5)
+    expected = expected * layer.bn_weight.view(1, -1, 1, 1) + layer.bias.view(1, -1, 1, 1)
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.allclose(layer.running_mean, 0.1 * mean, atol=1e-6)
+    assert torch.allclose(layer.running_var, 0.1 * var, atol=1e-6)  # rolling variance starts at 0 (calloc)

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from darkpy.layers.base import BuildContext, Layer, register
-from darkpy.layers.conv import BN_EPS
+from darkpy.layers.conv import darknet_batch_norm
 
 
 @register("connected")
@@ -33,8 +33,8 @@ class ConnectedLayer(Layer):
     def forward(self, x, outputs):
         y = x.reshape(x.shape[0], -1) @ self.weight.t()
         if self.batch_normalize:
-            y = F.batch_norm(y, self.running_mean, self.running_var, self.bn_weight, self.bias, self.training, 0.05,
-                             BN_EPS)
+            y = darknet_batch_norm(y, self.running_mean, self.running_var, self.bn_weight, self.bias, self.training,
+                                   0.05)
         else:
             y = y + self.bias
         return self.activation(y).view(x.shape[0], -1, 1, 1)
@@ -108,8 +108,8 @@ class BatchNormLayer(Layer):
         self.register_buffer("running_var", torch.zeros(c))
 
     def forward(self, x, outputs):
-        return F.batch_norm(x, self.running_mean, self.running_var, self.bn_weight, self.bias, self.training, 0.1,
-                            BN_EPS)
+        return darknet_batch_norm(x, self.running_mean, self.running_var, self.bn_weight, self.bias, self.training,
+                                  0.1)
 
     def darknet_arrays(self):
         return [self.bias, self.bn_weight, self.running_mean, self.running_var]

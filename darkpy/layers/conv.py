@@ -38,6 +38,20 @@ def darknet_conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
     return y[..., :out_h, :out_w]
 
 
+def darknet_batch_norm(x, running_mean, running_var, weight, bias, training: bool, momentum: float):
+    """Batch norm as Darknet computes it (src/batchnorm_layer.c, blas.c): eps 1e-5, and in training the batch
+    variance with N-1 (N = batch*h*w) both for normalising and for the rolling average.
+
+    torch normalises with the biased variance v_b; Darknet divides by sqrt(v_b*k + eps), k = N/(N-1), which is
+    sqrt(k) * sqrt(v_b + eps/k): the same torch kernel with eps/k and the scale divided by sqrt(k), exactly.
+    """
+    if not training:
+        return F.batch_norm(x, running_mean, running_var, weight, bias, False, momentum, BN_EPS)
+    n = x.numel() // x.shape[1]
+    k = n / (n - 1) if n > 1 else 1.0
+    return F.batch_norm(x, running_mean, running_var, weight / k ** 0.5, bias, True, momentum, BN_EPS / k)
+
+
 def blur_kernel(antialiasing: int, channels: int) -> torch.Tensor:
     """The fixed depthwise blur Darknet appends to antialiased layers: 3x3 binomial, or 2x2 box for mode 2."""
     if antialiasing == 2:
@@ -146,8 +160,8 @@ class ConvLayer(Layer):
         if self.batch_normalize and not owner.fused:
             y = darknet_conv2d(x, owner.weight, None, self.stride, self.padding, self.dilation, self.groups,
                                self.conv_hw)
-            y = F.batch_norm(y, owner.running_mean, owner.running_var, owner.bn_weight, owner.bias,
-                             self.training, self.bn_momentum, BN_EPS)
+            y = darknet_batch_norm(y, owner.running_mean, owner.running_var, owner.bn_weight, owner.bias,
+                                   self.training, self.bn_momentum)
         else:
             y = darknet_conv2d(x, owner.weight, owner.bias, self.stride, self.padding, self.dilation, self.groups,
                                self.conv_hw)
