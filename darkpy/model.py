@@ -30,8 +30,10 @@ class Darknet(nn.Module):
     """A Darknet network. forward(x) returns one (B, A, E, H, W) tensor per detection head, or, for a network
     without heads (a classifier), the output of its last layer that is not a [cost] layer."""
 
-    def __init__(self, sections: Sequence[Section], width: Optional[int] = None, height: Optional[int] = None):
+    def __init__(self, sections: Sequence[Section], width: Optional[int] = None, height: Optional[int] = None,
+                 warn: bool = True):
         super().__init__()
+        self._sections = list(sections)
         net = sections[0]
         self.cfg_path = net.file
         # [net] as typed, located options (get_int/get_float/... raise CfgError naming file and line) for the
@@ -61,7 +63,8 @@ class Darknet(nn.Module):
         read_later = {i for layer in ctx.layers for i in layer.inputs}
         self._keep = [i in read_later for i in range(len(ctx.layers))]
         self.output_index = max(i for i, layer in enumerate(ctx.layers) if layer.type != "cost")
-        warn_unused(sections)
+        if warn:
+            warn_unused(sections)
 
     @staticmethod
     def _size(net: Section, key: str, override: Optional[int]) -> int:
@@ -105,6 +108,22 @@ class Darknet(nn.Module):
             x = layer(x, outputs)
             outputs.append(x if keep_all or self._keep[i] or i in keep_heads else None)
         return outputs
+
+    def resized(self, width: int, height: int) -> "Darknet":
+        """The same network built for another input size, sharing this one's parameters and buffers (Darknet's
+        resize_network, used by multi-scale training). Layers keep their geometry per size, so each size is its
+        own module; training either trains both."""
+        other = Darknet(self._sections, width=width, height=height, warn=False)
+        for mine, theirs in zip(other.modules(), self.modules()):
+            for name in list(mine._parameters):
+                if theirs._parameters.get(name) is not None:
+                    mine._parameters[name] = theirs._parameters[name]
+            for name, buffer in list(mine._buffers.items()):
+                source = theirs._buffers.get(name)
+                if buffer is not None and source is not None and source.shape == buffer.shape:
+                    mine._buffers[name] = source
+        other.seen, other.weights_version = self.seen, self.weights_version
+        return other.to(next(self.parameters()).device).train(self.training)
 
     # ---- weights ---------------------------------------------------------------------------------------------
     def load_weights(self, path: Union[str, Path], upto: Optional[int] = None):

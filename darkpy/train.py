@@ -202,35 +202,17 @@ class Distributed:
 # models at other input sizes (multi-scale) sharing one set of parameters
 # ---------------------------------------------------------------------------------------------------------------------
 
-def tie_parameters(model: torch.nn.Module, source: torch.nn.Module) -> None:
-    """Make `model` use the parameters and buffers of `source` (same cfg built at another size)."""
-    for mine, theirs in zip(model.modules(), source.modules()):
-        for name in list(mine._parameters):
-            if theirs._parameters.get(name) is not None:
-                mine._parameters[name] = theirs._parameters[name]
-        for name in list(mine._buffers):
-            other = theirs._buffers.get(name)
-            if other is not None and mine._buffers[name] is not None and other.shape == mine._buffers[name].shape:
-                mine._buffers[name] = other
-
-
 class SizedModels:
     """Darknet's resize_network: the network at each multi-scale size, all sharing the base model's weights."""
 
-    def __init__(self, base, cfg_path: str, device: torch.device):
-        self.base, self.cfg_path, self.device = base, cfg_path, device
+    def __init__(self, base):
+        self.base = base
         self.models = {(base.width, base.height): base}
 
     def at(self, width: int, height: int):
         key = (width, height)
         if key not in self.models:
-            from darkpy.model import Darknet
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the cfg's warnings were shown when the base model was built
-                model = Darknet.from_cfg(self.cfg_path, width=width, height=height).to(self.device)
-            tie_parameters(model, self.base)
-            self.models[key] = model
+            self.models[key] = self.base.resized(width, height)
         model = self.models[key]
         model.train(self.base.training)
         return model
@@ -358,7 +340,7 @@ class Trainer:
         if self.amp and self.device.type != "cuda":
             raise TrainError("--amp needs a CUDA device (mixed precision on the CPU is slower and not supported)")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.sized = SizedModels(self.model, options.cfg, self.device)
+        self.sized = SizedModels(self.model)
 
     # ---- setup ------------------------------------------------------------------------------------------------
     def _setup_distributed(self) -> None:
