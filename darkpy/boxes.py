@@ -94,10 +94,13 @@ def box_union(a: Array, b: Array) -> Array:
 
 def box_iou(a: Array, b: Array) -> Array:
     """IoU (box_iou); 0 where the intersection or the union is 0."""
-    inter = box_intersection(a, b)
-    union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter
-    degenerate = (inter == 0) | (union == 0)
-    return _where(degenerate, inter * 0, inter / _safe_denominator(union))
+    # An untrained network's boxes can be infinite (exp overflow); their IoU is NaN, which compares false
+    # everywhere, as in Darknet. Not worth a numpy warning per call.
+    with np.errstate(invalid="ignore", over="ignore"):
+        inter = box_intersection(a, b)
+        union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter  # box_union, reusing the intersection
+        degenerate = (inter == 0) | (union == 0)
+        return _where(degenerate, inter * 0, inter / _safe_denominator(union))
 
 
 def _enclosing(a: Array, b: Array) -> Tuple[Array, Array]:
@@ -318,8 +321,9 @@ def _head_cells(output: np.ndarray, head: HeadSpec, box_entries: int, thresh: Op
 
 
 def _exp_scale(t: np.ndarray, anchor: np.ndarray, size: int) -> np.ndarray:
-    """`exp(t) * anchor / size` with C's double exp, rounded to float."""
-    return (np.exp(t.astype(np.float64)) * anchor.astype(np.float64) / size).astype(F32)
+    """`exp(t) * anchor / size` with C's double exp, rounded to float (inf beyond float's range, as in C)."""
+    with np.errstate(over="ignore"):
+        return (np.exp(t.astype(np.float64)) * anchor.astype(np.float64) / size).astype(F32)
 
 
 def _class_probs(objectness: np.ndarray, scores: np.ndarray, thresh: F32) -> np.ndarray:
