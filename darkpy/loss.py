@@ -153,7 +153,7 @@ class RegionLossOptions:
         """From a [region] head: its options are already read, typed, with parse_region's defaults (the head
         refuses tree= itself)."""
         o = head.options
-        map_file = head.section.get_str("map")  # parse_region reads it, the head does not
+        map_file = o["map"]
         ignored = [f"map={map_file} (class-id remapping file)"] if map_file else []
         return cls(
             classes=int(head.classes),

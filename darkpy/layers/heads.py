@@ -25,7 +25,7 @@ YOLO_OPTIONS: Dict[str, object] = {
 REGION_OPTIONS: Dict[str, object] = {
     "max": 200, "jitter": 0.2, "resize": 1.0, "random": 0.0, "log": 0, "sqrt": 0, "softmax": 0, "focal_loss": 0,
     "rescore": 0, "thresh": 0.5, "classfix": 0, "absolute": 0, "coord_scale": 1.0, "object_scale": 1.0,
-    "noobject_scale": 1.0, "mask_scale": 1.0, "class_scale": 1.0, "bias_match": 0, "background": 0,
+    "noobject_scale": 1.0, "mask_scale": 1.0, "class_scale": 1.0, "bias_match": 0, "background": 0, "map": "",
 }
 
 
