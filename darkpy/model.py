@@ -60,9 +60,10 @@ class Darknet(nn.Module):
             raise net.error("the cfg has no layers after [net]")
         self.layers = nn.ModuleList(ctx.layers)
         self.heads: List[_Head] = [layer for layer in ctx.layers if isinstance(layer, _Head)]
-        read_later = {i for layer in ctx.layers for i in layer.inputs}
-        self._keep = [i in read_later for i in range(len(ctx.layers))]
         self.output_index = max(i for i, layer in enumerate(ctx.layers) if layer.type != "cost")
+        # Outputs forward() must keep: those later layers read, the heads' and the network's output.
+        kept = {i for layer in ctx.layers for i in layer.inputs} | {h.index for h in self.heads} | {self.output_index}
+        self._keep = [i in kept for i in range(len(ctx.layers))]
         if warn:
             warn_unused(sections)
 
@@ -103,10 +104,9 @@ class Darknet(nn.Module):
             raise ValueError(f"{self.cfg_path}: the network takes (batch, {expected[0]}, {expected[1]}, "
                              f"{expected[2]}) input, got {tuple(x.shape)}")
         outputs: List[Optional[torch.Tensor]] = []
-        keep_heads = {head.index for head in self.heads} | {self.output_index}
         for i, layer in enumerate(self.layers):
             x = layer(x, outputs)
-            outputs.append(x if keep_all or self._keep[i] or i in keep_heads else None)
+            outputs.append(x if keep_all or self._keep[i] else None)
         return outputs
 
     def resized(self, width: int, height: int) -> "Darknet":
