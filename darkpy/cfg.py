@@ -23,6 +23,21 @@ SECTION_ALIASES = {
     "silence": "empty",
 }
 
+# The [net] options Darknet's parse_net_options reads (src/parser.c): a fact of the cfg format, whoever interprets
+# them (the model reads the size, training the rest). A [net] option outside this list is reported as unused.
+NET_OPTIONS = (
+    "batch", "subdivisions", "width", "height", "channels", "inputs", "max_batches", "learning_rate",
+    "learning_rate_min", "momentum", "decay", "policy", "burn_in", "power", "step", "scale", "steps", "scales",
+    "seq_scales", "gamma", "sgdr_cycle", "sgdr_mult", "time_steps", "track", "augment_speed",
+    "sequential_subdivisions", "try_fix_nan", "weights_reject_freq", "equidistant_point",
+    "badlabels_rejection_percentage", "num_sigmas_reject_badlabels", "ema_alpha", "use_cuda_graph", "loss_scale",
+    "dynamic_minibatch", "optimized_memory", "workspace_size_limit_MB", "adam", "B1", "B2", "eps", "max_crop",
+    "min_crop", "flip", "blur", "gaussian_noise", "mixup", "cutmix", "mosaic", "letter_box", "mosaic_bound",
+    "contrastive", "contrastive_jit_flip", "contrastive_color", "unsupervised", "label_smooth_eps", "resize_step",
+    "attention", "adversarial_lr", "max_chart_loss", "angle", "aspect", "saturation", "exposure", "hue",
+    "show_receptive_field", "center", "min_lr", "rand_scale",
+)
+
 
 class CfgError(ValueError):
     """A problem in a .cfg file, located by file, line and (when known) option."""
@@ -162,6 +177,12 @@ def parse_cfg_text(text: str, file: str = "<cfg>") -> List[Section]:
     if sections[0].type != "net":
         raise CfgError("the first section must be [net] or [network]", file, sections[0].line)
     return sections
+
+
+def mark_net_options_read(net: "Section") -> None:
+    """Mark every option parse_net_options knows as read, so that only unknown [net] keys are reported unused."""
+    for key in NET_OPTIONS:
+        net.raw(key)
 
 
 def warn_unused(sections: Sequence[Section]) -> None:

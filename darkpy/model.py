@@ -5,23 +5,9 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from darkpy.cfg import Section, parse_cfg, warn_unused
+from darkpy.cfg import Section, mark_net_options_read, parse_cfg, warn_unused
 from darkpy.layers import LAYER_TYPES, UNSUPPORTED, BuildContext, Layer
 from darkpy.layers.heads import _Head
-
-# [net] keys Darknet reads (parse_net_options); the trainer interprets them, the model keeps them as strings.
-NET_KEYS = (
-    "batch", "subdivisions", "width", "height", "channels", "inputs", "max_batches", "learning_rate",
-    "learning_rate_min", "momentum", "decay", "policy", "burn_in", "power", "step", "scale", "steps", "scales",
-    "seq_scales", "gamma", "sgdr_cycle", "sgdr_mult", "time_steps", "track", "augment_speed",
-    "sequential_subdivisions", "try_fix_nan", "weights_reject_freq", "equidistant_point",
-    "badlabels_rejection_percentage", "num_sigmas_reject_badlabels", "ema_alpha", "use_cuda_graph", "loss_scale",
-    "dynamic_minibatch", "optimized_memory", "workspace_size_limit_MB", "adam", "B1", "B2", "eps", "max_crop",
-    "min_crop", "flip", "blur", "gaussian_noise", "mixup", "cutmix", "mosaic", "letter_box", "mosaic_bound",
-    "contrastive", "contrastive_jit_flip", "contrastive_color", "unsupervised", "label_smooth_eps", "resize_step",
-    "attention", "adversarial_lr", "max_chart_loss", "angle", "aspect", "saturation", "exposure", "hue",
-    "show_receptive_field", "center", "min_lr", "rand_scale",
-)
 
 ModelOutput = Union[List[torch.Tensor], torch.Tensor]
 
@@ -40,8 +26,7 @@ class Darknet(nn.Module):
         # trainer; `net` is the same as plain strings.
         self.net_section = net
         self.net: Dict[str, str] = {k: o.value for k, o in net.options.items()}
-        for key in NET_KEYS:
-            net.raw(key)
+        mark_net_options_read(net)
         self.width = self._size(net, "width", width)
         self.height = self._size(net, "height", height)
         self.channels = self._size(net, "channels", None)

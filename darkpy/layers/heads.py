@@ -48,6 +48,13 @@ class _Head(Layer):
     kind = ""
     box_entries = 4
 
+    # Darknet's l.jitter, l.resize, l.random, l.max_boxes (parse_yolo / parse_region): what training's
+    # augmentation takes from the last head (train_detector).
+    jitter = property(lambda self: float(self.options["jitter"]))
+    resize = property(lambda self: float(self.options["resize"]))
+    random = property(lambda self: float(self.options["random"]))
+    max_boxes = property(lambda self: int(self.options["max"]))
+
     def _read_anchors(self, section, default_mask: bool) -> None:
         s = section
         self.classes = s.get_int("classes", 20)
