@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from darkpy.loss import DarknetLoss  # noqa: E402
 from darkpy.model import Darknet  # noqa: E402
-from darkpy.schedule import OptimizerSettings, build_optimizer, set_learning_rate  # noqa: E402
+from darkpy.training.schedule import OptimizerSettings, build_optimizer, set_learning_rate  # noqa: E402
 
 
 def _default_cfg() -> str:
@@ -113,7 +113,7 @@ def pytorchyolo_step(cfg: str, size: int, batch: int, device: torch.device) -> O
 
 
 def loader_seconds(data: str, cfg: str, size: int, batch: int, iterations: int) -> float:
-    from darkpy.augment import AugmentConfig, DetectionTrainSet, IterationSampler, make_train_loader
+    from darkpy.training import AugmentConfig, DetectionTrainSet, IterationSampler, make_train_loader
     from darkpy.data import read_data_config, read_image_list, resolve_path
 
     config = read_data_config(data)

@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 COMMANDS = {
     "detect": ("darkpy.detect", "detect objects in images, folders, lists and videos (darknet detector test/demo)"),
     "map": ("darkpy.evaluate", "mean average precision on a .data file's valid list (darknet detector map)"),
-    "train": ("darkpy.train", "train a cfg on a darknet dataset (darknet detector train)"),
+    "train": ("darkpy.commands.train", "train a cfg on a darknet dataset (darknet detector train)"),
     "summary": ("darkpy.summary", "layer table, BFLOPs and parameter count of a cfg"),
     "partial": ("darkpy.partial", "copy the first N layers of a weights file (darknet partial)"),
     "paths": ("darkpy.paths", "gradient-path analysis of a cfg"),

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from darkpy import augment as A
-from darkpy.augment import AugmentConfig, CropWindow, SampleKey, TileDraw
+from darkpy import training as A
+from darkpy.training import AugmentConfig, CropWindow, SampleKey, TileDraw
 from darkpy.cfg import parse_cfg_text
 from darkpy.data import (BAD_CLASS_ID, BAD_COLUMN_COUNT, BAD_COORDINATES, MISSING_IMAGE, MISSING_LABEL_FILE,
                          UNPARSABLE, DataProblems)

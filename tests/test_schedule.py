@@ -7,8 +7,8 @@ import torch
 
 from darkpy.cfg import Section, parse_cfg_text
 from darkpy.model import Darknet
-from darkpy.schedule import (LearningRatePolicy, OptimizerSettings, ScheduleError, WeightsEma, build_optimizer,
-                             parameter_groups, set_learning_rate)
+from darkpy.training.schedule import (LearningRatePolicy, OptimizerSettings, ScheduleError, WeightsEma,
+                                      build_optimizer, parameter_groups, set_learning_rate)
 
 
 def net_section(**net) -> Section:

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO, SHARED, require
 from darkpy import shapes
-from darkpy.augment import AugmentConfig, DetectionTrainSet, SampleKey
+from darkpy.training import AugmentConfig, DetectionTrainSet, SampleKey
 from darkpy.cli import main
 from darkpy.data import DataProblems, label_path, read_data_config, read_image_list, read_labels, read_names, \
     resolve_path

@@ -14,7 +14,9 @@ import torch
 
 from darkpy.cli import main as cli_main
 from darkpy.model import Darknet
-from darkpy.train import Trainer, TrainError, TrainOptions, basecfg
+from darkpy.training.checkpoints import basecfg
+from darkpy.training.settings import TrainError, TrainOptions
+from darkpy.training.trainer import Trainer
 from darkpy.weights import WeightsError
 
 TINY_NET = """

@@ -1,175 +1,35 @@
-"""Training data for detectors as Darknet makes it: augmentation, sampling with replacement, multi-scale sizes.
+"""Darknet's detection augmentation as pure image / geometry operations (no dataset, no loader).
 
 Reproduces AlexeyAB darknet's OpenCV data path:
 - src/data.c `load_data_detection`: jitter/resize crop offsets, letter_box, mosaic (net.mixup=3) and mixup (1);
 - src/data.c `fill_truth_detection` / `correct_boxes`: boxes moved into the crop, flipped, clipped, filtered;
 - src/data.c `blend_truth` / `blend_truth_mosaic`: truths of mixup and mosaic images;
 - src/image_opencv.cpp `image_data_augmentation`: crop (outside filled with the image's mean colour),
-  cv::resize INTER_LINEAR to the network size, flip, HSV in OpenCV 8-bit space, blur, gaussian noise;
-- src/detector.c `train_detector`: every iteration `batch` images drawn uniformly with replacement
-  (`random_gen() % m`, no epochs), and a new random network size every 10 iterations (multi-scale).
+  cv::resize INTER_LINEAR to the network size, flip, HSV in OpenCV 8-bit space, blur, gaussian noise.
 
-Randomness comes from numpy Generators seeded by (seed, iteration, slot): a sample depends only on the seed and
-its place in training, never on the number of loader workers or on which worker made it, and a resumed run
-(start_iteration) draws the same images as an uninterrupted one. Darknet's own random_gen() sequence is not
-reproduced (it is rand()-based and shared between threads), only its distributions.
+Every random number comes from the numpy Generator passed in (darkpy.training.sampler.SampleKey seeds it from
+the seed and the sample's place in training). Darknet's own random_gen() sequence is not reproduced (it is
+rand()-based and shared between threads), only its distributions.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import cv2
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from darkpy.cfg import Section, parse_cfg
-from darkpy.data import (
-    BAD_CLASS_ID,
-    BAD_COORDINATES,
-    DataError,
-    DataProblems,
-    label_path,
-    read_labels,
-    report_missing_image,
-    resolve_path,
-)
-from darkpy.image import ImageError, load_image, to_float
+from darkpy.data import BAD_CLASS_ID, BAD_COORDINATES, DataProblems
+from darkpy.image import to_float
+from darkpy.training.settings import MIXUP_BLEND, MIXUP_MOSAIC, MIXUP_NONE, AugmentConfig
 
-__all__ = [
-    "AugmentConfig",
-    "TileDraw",
-    "CropWindow",
-    "draw_tile",
-    "crop_window",
-    "place_truths",
-    "crop_and_resize",
-    "adjust_hsv",
-    "blur_image",
-    "add_gaussian_noise",
-    "augment_tile",
-    "mosaic_shifts",
-    "paste_mosaic_tile",
-    "mosaic_truths",
-    "make_mosaic",
-    "make_training_sample",
-    "multiscale_coef",
-    "random_size",
-    "SampleKey",
-    "IterationSampler",
-    "DetectionTrainSet",
-    "collate_detections",
-    "seed_worker",
-    "TrainBatches",
-    "make_train_loader",
-]
-
-DETECTION_LAYERS = ("yolo", "Gaussian_yolo", "region", "detection")
-MIXUP_NONE, MIXUP_BLEND, MIXUP_MOSAIC = 0, 1, 3
 MOSAIC_MIN_OFFSET = 0.2  # load_data_detection: cut points in [0.2, 0.8] of the network size
 BACKGROUND_BLUR_KERNEL = 17  # image_data_augmentation: blur == 1 blurs the background with a 17x17 Gaussian
-MAX_IMAGE_TRIES = 100  # unreadable images are replaced by other random ones; give up after this many
 
 # A loaded training image: uint8 HxWx3 RGB, labels (N, 5) [class, x, y, w, h] relative, and the label file name
 # (for messages).
 Source = Tuple[np.ndarray, np.ndarray, str]
 F32 = np.float32
-
-
-# ------------------------------------------------------------------------------------------------ configuration
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """The augmentation settings train_detector passes to load_data_detection.
-
-    From [net]: flip, hue, saturation, exposure, blur, gaussian_noise, mixup/mosaic/cutmix (combined as Darknet's
-    net.mixup), letter_box, mosaic_bound, resize_step. From the LAST detection layer: classes, jitter, resize,
-    random, max (Darknet's `args.jitter = l.jitter`, `args.resize = l.resize`, `args.num_boxes = l.max_boxes`).
-    """
-
-    classes: int = 20
-    jitter: float = 0.2
-    resize: float = 1.0
-    random: float = 0.0
-    max_boxes: int = 200
-    flip: bool = True
-    hue: float = 0.0
-    saturation: float = 1.0
-    exposure: float = 1.0
-    blur: int = 0
-    gaussian_noise: int = 0
-    mixup: int = MIXUP_NONE  # 0 none, 1 mixup (blend two images), 3 mosaic
-    letter_box: bool = False
-    mosaic_bound: bool = False
-    resize_step: int = 32
-
-    def __post_init__(self) -> None:
-        if self.mixup not in (MIXUP_NONE, MIXUP_BLEND, MIXUP_MOSAIC):
-            raise ValueError(f"mixup mode must be 0, 1 or 3, got {self.mixup}")
-        if self.mixup == MIXUP_MOSAIC and self.letter_box:
-            # load_data_detection: "Combination: letter_box=1 & mosaic=1 - isn't supported"
-            raise ValueError("[net] letter_box=1 and mosaic=1 cannot be combined (Darknet refuses it too)")
-        if self.classes <= 0 or self.max_boxes <= 0:
-            raise ValueError(f"classes ({self.classes}) and max ({self.max_boxes}) must be positive")
-        if self.resize <= 0 or self.jitter < 0:
-            raise ValueError(f"resize ({self.resize}) must be positive and jitter ({self.jitter}) not negative")
-
-    @property
-    def mosaic(self) -> bool:
-        return self.mixup == MIXUP_MOSAIC
-
-    @classmethod
-    def from_sections(cls, sections: Sequence[Section]) -> "AugmentConfig":
-        """Settings from parsed cfg sections (darkpy.cfg.parse_cfg): [net] and the last detection layer."""
-        net = sections[0]
-        heads = [s for s in sections if s.type in DETECTION_LAYERS]
-        if not heads:
-            raise net.error("the cfg has no [yolo], [region] or [detection] layer to train")
-        head = heads[-1]
-        return cls(
-            classes=head.get_int("classes", 20),
-            jitter=head.get_float("jitter", 0.2),
-            resize=head.get_float("resize", 1.0),
-            random=head.get_float("random", 0.0),
-            max_boxes=head.get_int("max", 200),
-            flip=bool(net.get_int("flip", 1)),
-            hue=net.get_float("hue", 0.0),
-            saturation=net.get_float("saturation", 1.0),
-            exposure=net.get_float("exposure", 1.0),
-            blur=net.get_int("blur", 0),
-            gaussian_noise=net.get_int("gaussian_noise", 0),
-            mixup=_detection_mixup_mode(net),
-            letter_box=bool(net.get_int("letter_box", 0)),
-            mosaic_bound=bool(net.get_int("mosaic_bound", 0)),
-            resize_step=max(1, net.get_int("resize_step", 32)),
-        )
-
-    @classmethod
-    def from_cfg(cls, path: Union[str, Path]) -> "AugmentConfig":
-        return cls.from_sections(parse_cfg(path))
-
-
-def _detection_mixup_mode(net: Section) -> int:
-    """parse_net_options combines mixup/cutmix/mosaic into net.mixup; load_data_detection then drops cutmix
-    (2 -> 0, 4 -> 3: "cutmix=1 - isn't supported for Detector")."""
-    mode = net.get_int("mixup", 0)
-    cutmix, mosaic = net.get_int("cutmix", 0), net.get_int("mosaic", 0)
-    if mosaic and cutmix:
-        mode = 4
-    elif cutmix:
-        mode = 2
-    elif mosaic:
-        mode = 3
-    mode = {2: MIXUP_NONE, 4: MIXUP_MOSAIC}.get(mode, mode)
-    if mode not in (MIXUP_NONE, MIXUP_BLEND, MIXUP_MOSAIC):
-        raise net.error(f"mixup={mode} is not a mode Darknet's detector loader knows (0, 1, or mosaic=1)", "mixup")
-    return mode
-
-
-# ------------------------------------------------------------------------------------------------ random draws
 
 def rand_scale(rng: np.random.Generator, s: float) -> float:
     """Darknet's rand_scale: U(1, s), or its reciprocal half of the time."""
@@ -216,7 +76,6 @@ def draw_tile(rng: np.random.Generator, config: AugmentConfig, mosaic: bool = Fa
     )
 
 
-# ------------------------------------------------------------------------------------------------ crop window
 
 @dataclass(frozen=True)
 class CropWindow:
@@ -320,7 +179,6 @@ def _invalid_window(window: CropWindow) -> bool:
             or window.ow - window.right <= 0 or window.oh - window.bottom <= 0)
 
 
-# ------------------------------------------------------------------------------------------------ boxes
 
 def place_truths(labels: np.ndarray, window: CropWindow, flip: bool, net_w: int, net_h: int,
                  config: AugmentConfig, rng: Optional[np.random.Generator] = None,
@@ -379,7 +237,6 @@ def _warn(problems: Optional[DataProblems], kind: str, message: str) -> None:
         problems.warn(kind, message)
 
 
-# ------------------------------------------------------------------------------------------------ pixels
 
 def crop_and_resize(image: np.ndarray, window: CropWindow, net_w: int, net_h: int) -> np.ndarray:
     """image_data_augmentation's crop: the window (outside filled with cv::mean of the image) resized to the
@@ -439,7 +296,6 @@ def add_gaussian_noise(image: np.ndarray, sigma: int, rng: np.random.Generator) 
     return cv2.add(image, noise)
 
 
-# ------------------------------------------------------------------------------------------------ one image
 
 @dataclass
 class AugmentedTile:
@@ -469,7 +325,6 @@ def augment_tile(source: Source, net_w: int, net_h: int, config: AugmentConfig, 
     return AugmentedTile(pixels, truths, window, draw.flip)
 
 
-# ------------------------------------------------------------------------------------------------ mosaic
 
 class MosaicShifts(NamedTuple):
     left: int
@@ -575,7 +430,6 @@ def make_mosaic(sources: Callable[[int], Source], net_w: int, net_h: int, config
     return to_float(canvas), truths
 
 
-# ------------------------------------------------------------------------------------------------ one sample
 
 def make_training_sample(sources: Callable[[int], Source], net_w: int, net_h: int, config: AugmentConfig,
                          rng: np.random.Generator,
@@ -599,252 +453,3 @@ def make_training_sample(sources: Callable[[int], Source], net_w: int, net_h: in
         image = F32(0.5) * to_float(second.image) + F32(0.5) * image
         truths = np.concatenate([truths, second.truths], axis=0)[: config.max_boxes]
     return image, truths
-
-
-# ------------------------------------------------------------------------------------------------ multi-scale
-
-def multiscale_coef(random: float) -> float:
-    """The size factor of [yolo] random: 0 = off, 1 = Darknet's 1.4, any other value is the factor itself."""
-    return 0.0 if random == 0 else (1.4 if random == 1 else float(random))
-
-
-def _round_half_away(value: float) -> int:
-    return int(math.floor(value + 0.5)) if value >= 0 else -int(math.floor(-value + 0.5))
-
-
-def random_size(iteration: int, init_w: int, init_h: int, random: float, resize_step: int = 32, *,
-                rng: np.random.Generator, start_iteration: int = 0,
-                max_batches: Optional[int] = None) -> Optional[Tuple[int, int]]:
-    """train_detector's multi-scale choice, or None when the size does not change at this iteration.
-
-    Every 10 iterations of a run (counted from `start_iteration`): r = rand_scale(coef) and
-    dim = round(r*init/resize_step + 1)*resize_step for width and height; a shrinking r that still gives a size
-    above the initial one gives the initial size. The first resize of a run (Darknet: avg_loss < 0) and those
-    in the last 100 iterations use the largest size round(coef*init/resize_step + 1)*resize_step. `random` is
-    the [yolo] value (1 means a factor of 1.4); 0 disables multi-scale.
-    """
-    coef = multiscale_coef(random)
-    if coef == 0 or (iteration - start_iteration) % 10 != 0:
-        return None
-    scale = F32(rand_scale(rng, coef))
-    step = F32(resize_step)
-    dim_w = _round_half_away(float(scale * F32(init_w) / step + 1)) * resize_step
-    dim_h = _round_half_away(float(scale * F32(init_h) / step + 1)) * resize_step
-    if scale < 1 and (dim_w > init_w or dim_h > init_h):
-        dim_w, dim_h = init_w, init_h
-    if iteration == start_iteration or (max_batches is not None and iteration > max_batches - 100):
-        dim_w = _round_half_away(float(F32(coef) * F32(init_w) / step + 1)) * resize_step
-        dim_h = _round_half_away(float(F32(coef) * F32(init_h) / step + 1)) * resize_step
-    return max(dim_w, resize_step), max(dim_h, resize_step)
-
-
-# ------------------------------------------------------------------------------------------------ sampling
-
-class SampleKey(NamedTuple):
-    """What the sampler asks the dataset for: an image index, the network size, and where in training the
-    sample sits (its random numbers are seeded from seed, iteration and slot)."""
-
-    index: int
-    width: int
-    height: int
-    seed: int = 0
-    iteration: int = 0
-    slot: int = 0
-
-    def rng(self) -> np.random.Generator:
-        return np.random.default_rng([_unsigned(self.seed), self.iteration, self.slot, 2])
-
-
-def _unsigned(seed: int) -> int:
-    return int(seed) & 0xFFFFFFFFFFFFFFFF
-
-
-class IterationSampler(Sampler):
-    """A batch sampler: for each training iteration, `batch` keys of images drawn uniformly with replacement
-    (train_detector: `random_gen() % m`), all at that iteration's network size (multi-scale when `random`).
-
-    Iterations run from start_iteration to max_batches (exclusive). Use as DataLoader(batch_sampler=...).
-    """
-
-    def __init__(self, num_images: int, batch: int, width: int, height: int, *, max_batches: int, seed: int = 0,
-                 start_iteration: int = 0, random: float = 0.0, resize_step: int = 32):
-        if num_images <= 0:
-            raise DataError("the training list has no images")
-        if batch <= 0:
-            raise ValueError(f"batch must be positive, got {batch}")
-        self.num_images, self.batch = num_images, batch
-        self.width, self.height = width, height
-        self.max_batches, self.seed, self.start_iteration = max_batches, seed, start_iteration
-        self.random, self.resize_step = random, resize_step
-
-    def __len__(self) -> int:
-        return max(0, self.max_batches - self.start_iteration)
-
-    def sizes(self) -> Iterator[Tuple[int, int]]:
-        """The network size of each iteration, start_iteration first."""
-        size = (self.width, self.height)
-        for iteration in range(self.start_iteration, self.max_batches):
-            rng = np.random.default_rng([_unsigned(self.seed), iteration, 1])
-            size = random_size(iteration, self.width, self.height, self.random, self.resize_step, rng=rng,
-                               start_iteration=self.start_iteration, max_batches=self.max_batches) or size
-            yield size
-
-    def __iter__(self) -> Iterator[List[SampleKey]]:
-        for iteration, (width, height) in zip(range(self.start_iteration, self.max_batches), self.sizes()):
-            rng = np.random.default_rng([_unsigned(self.seed), iteration, 0])
-            indices = rng.integers(0, self.num_images, self.batch)
-            yield [SampleKey(int(index), width, height, self.seed, iteration, slot)
-                   for slot, index in enumerate(indices)]
-
-
-# ------------------------------------------------------------------------------------------------ dataset
-
-class _ProblemLog:
-    """DataProblems' warn() interface, recording (kind, message) pairs to be replayed in the main process."""
-
-    def __init__(self) -> None:
-        self.items: List[Tuple[str, str]] = []
-
-    def warn(self, kind: str, message: str) -> None:
-        self.items.append((kind, message))
-
-
-class DetectionTrainSet(Dataset):
-    """A training list as Darknet's detector loader reads it; items are (image, truths, problems).
-
-    `dataset[SampleKey(...)]` gives a float32 tensor (3, h, w) RGB in [0, 1], a truths tensor (max, 5)
-    [x, y, w, h, class] padded with zeros (Darknet: a truth with x == 0 ends the list), and the data problems
-    met while making it (already recorded in `problems` when not in a loader worker). Unreadable images are
-    replaced by other randomly drawn ones and reported; missing/bad label lines are reported and skipped; an
-    empty label file is a negative image. Labels are read once per process and kept.
-    """
-
-    def __init__(self, image_paths: Sequence[str], config: AugmentConfig, problems: Optional[DataProblems] = None,
-                 list_file: Optional[str] = None):
-        self.list_file = list_file
-        self.image_paths = [resolve_path(p, list_file) if list_file else p for p in image_paths]
-        if not self.image_paths:
-            raise DataError(f"{list_file or 'training list'}: the list has no images")
-        self.config = config
-        self.problems = problems if problems is not None else DataProblems()
-        self._labels: dict = {}
-        self._unreadable: set = set()
-
-    def __len__(self) -> int:
-        return len(self.image_paths)
-
-    def __getitem__(self, key: SampleKey) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[str, str]]]:
-        if not isinstance(key, SampleKey):
-            raise TypeError("index the training set with SampleKey(index, width, height, ...) from IterationSampler")
-        log = _ProblemLog()
-        rng = key.rng()
-        image, truths = self.sample(key.index, key.width, key.height, rng, log)
-        padded = torch.zeros((self.config.max_boxes, 5), dtype=torch.float32)
-        padded[: len(truths)] = torch.from_numpy(truths)
-        return torch.from_numpy(np.ascontiguousarray(image)), padded, self._hand_over(log)
-
-    def sample(self, index: int, net_w: int, net_h: int, rng: np.random.Generator,
-               problems: Optional[DataProblems] = None) -> Tuple[np.ndarray, np.ndarray]:
-        """make_training_sample for image `index` (more images for mosaic/mixup drawn at random)."""
-        problems = problems if problems is not None else self.problems
-
-        def sources(k: int) -> Source:
-            chosen = index if k == 0 else int(rng.integers(len(self)))
-            return self.load(chosen, rng, problems)
-
-        return make_training_sample(sources, net_w, net_h, self.config, rng, problems)
-
-    def load(self, index: int, rng: np.random.Generator, problems: Optional[DataProblems] = None) -> Source:
-        """Image `index` and its labels; an unreadable image is reported once and another one drawn instead."""
-        for _ in range(MAX_IMAGE_TRIES):
-            if index not in self._unreadable:
-                path = self.image_paths[index]
-                try:
-                    image = load_image(path)
-                except ImageError as error:
-                    report_missing_image(problems, path, _reason(error, path))
-                    self._unreadable.add(index)
-                else:
-                    labels_file = label_path(path)
-                    return image, self.labels(index, labels_file, problems), labels_file
-            index = int(rng.integers(len(self)))
-        raise DataError(f"{self.list_file or 'training list'}: no readable image in {MAX_IMAGE_TRIES} random draws "
-                        f"({len(self._unreadable)} of {len(self)} images failed to load)")
-
-    def labels(self, index: int, labels_file: str, problems: Optional[DataProblems]) -> np.ndarray:
-        if index not in self._labels:
-            self._labels[index] = read_labels(labels_file, self.config.classes, problems)
-        return self._labels[index]
-
-    def __getstate__(self) -> dict:
-        # Workers report problems back with their batches; the collector (which may hold an echo function that
-        # cannot be pickled) stays in the main process.
-        state = dict(self.__dict__)
-        state["problems"] = None
-        return state
-
-    def _hand_over(self, log: _ProblemLog) -> List[Tuple[str, str]]:
-        """In the main process record problems at once; from a worker send them back with the batch."""
-        if get_worker_info() is None:
-            for kind, message in log.items:
-                self.problems.warn(kind, message)
-            return []
-        return log.items
-
-
-def _reason(error: ImageError, path: str) -> str:
-    text = str(error)
-    prefix = f"{path}: "
-    return text[len(prefix):] if text.startswith(prefix) else text
-
-
-def collate_detections(items: Sequence[Tuple[torch.Tensor, torch.Tensor, List[Tuple[str, str]]]]
-                       ) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[str, str]]]:
-    """Stack a batch: images (B, 3, h, w), truths (B, max, 5), and the problems of all its samples."""
-    images = torch.stack([item[0] for item in items])
-    truths = torch.stack([item[1] for item in items])
-    problems = [problem for item in items for problem in item[2]]
-    return images, truths, problems
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: one OpenCV/torch thread per worker (workers already run in parallel).
-
-    No global random state needs seeding: every sample seeds its own generator from its SampleKey."""
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
-class TrainBatches:
-    """Iterates a DataLoader of collate_detections batches, yielding (images, truths) and recording the problems
-    reported by worker processes in `problems` (DataProblems counts each distinct message once)."""
-
-    def __init__(self, loader: DataLoader, problems: DataProblems):
-        self.loader, self.problems = loader, problems
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        for images, truths, problems in self.loader:
-            for kind, message in problems:
-                self.problems.warn(kind, message)
-            yield images, truths
-
-
-def make_train_loader(dataset: DetectionTrainSet, sampler: IterationSampler, num_workers: int = 0,
-                      prefetch_factor: int = 2, multiprocessing_context: str = "spawn") -> TrainBatches:
-    """Batches of `sampler.batch` images per iteration (Darknet's batch, before subdivisions), loaded by
-    `num_workers` processes ahead of the training step as Darknet's loader thread does.
-
-    Workers are started with "spawn" by default: a forked child inherits the parent's locks and thread pools
-    (OpenMP, OpenCV, a watchdog thread) in whatever state they were in, which can hang it. Spawning costs a
-    second or two per worker, once per run (the sampler is a single pass over all iterations).
-    """
-    extra = {}
-    if num_workers > 0:
-        extra = {"prefetch_factor": prefetch_factor, "worker_init_fn": seed_worker,
-                 "multiprocessing_context": multiprocessing_context}
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_detections,
-                        **extra)
-    return TrainBatches(loader, dataset.problems)

@@ -136,9 +136,6 @@ class LearningRatePolicy:
             1.0 + math.cos((batch_num - start) * 3.14159265 / cycle))
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Optimizer
-# ---------------------------------------------------------------------------------------------------------------------
 
 @dataclass
 class OptimizerSettings:
@@ -238,9 +235,6 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, rate: float, settings: O
         optimizer.t = max(int(iteration), 1)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# EMA of weights ([net] ema_alpha)
-# ---------------------------------------------------------------------------------------------------------------------
 
 class WeightsEma:
     """ema_update/ema_apply of Darknet's train_network_waitkey for convolutional layers.

@@ -1,0 +1,1 @@
+"""darkpy's commands: one module per command, each with `add_arguments(parser)` and `run(args) -> int`."""

@@ -1,0 +1,75 @@
+"""`darkpy train`: Darknet's `detector train` (src/detector.c train_detector); the loop is
+darkpy.training.trainer."""
+import argparse
+import sys
+
+from darkpy.cfg import CfgError
+from darkpy.data import DataError
+from darkpy.loss import LossError
+from darkpy.training.schedule import ScheduleError
+from darkpy.training.settings import TrainError, TrainOptions
+from darkpy.training.trainer import Trainer
+from darkpy.weights import WeightsError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="darknet .data file (train, valid, names, backup)")
+    parser.add_argument("--cfg", required=True, help="network .cfg")
+    parser.add_argument("--weights", help="initial weights: a full .weights (continues its iteration count), a "
+                                           "partial backbone *.conv.N, or none for Darknet's random initialisation")
+    parser.add_argument("--clear", action="store_true", help="reset the iteration count (seen) of the weights to 0")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from <backup>/<cfg>_last.weights (or --weights) at its iteration")
+    parser.add_argument("--max-batches", type=int, help="override [net] max_batches")
+    parser.add_argument("--batch", type=int, help="override [net] batch (images per iteration)")
+    parser.add_argument("--subdivisions", type=int, help="override [net] subdivisions")
+    parser.add_argument("--width", type=int, help="override [net] width")
+    parser.add_argument("--height", type=int, help="override [net] height")
+    parser.add_argument("--learning-rate", type=float, help="override [net] learning_rate")
+    parser.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="data-loading processes (default: 1 on the CPU, min(6, CPU count - 1) with CUDA; "
+                             "0 loads in the training process)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU training: torch threads (default: one per core)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
+    parser.add_argument("--map", action="store_true",
+                        help="compute mAP@0.5 on the valid list during training (Darknet's -map) and keep "
+                             "<cfg>_best.weights")
+    parser.add_argument("--map-epochs", type=int, default=4,
+                        help="with --map: compute it every this many epochs of the train list, at least every "
+                             "100 iterations (Darknet's -mAP_epochs, default 4)")
+    parser.add_argument("--amp", dest="amp", action="store_true", default=None,
+                        help="mixed precision (default: on with CUDA)")
+    parser.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print Darknet's per-layer loss lines for every mini-batch")
+
+
+def options_from_args(args: argparse.Namespace) -> TrainOptions:
+    return TrainOptions(data=args.data, cfg=args.cfg, weights=args.weights, clear=args.clear, resume=args.resume,
+                        max_batches=args.max_batches, batch=args.batch, subdivisions=args.subdivisions,
+                        width=args.width, height=args.height, learning_rate=args.learning_rate, device=args.device,
+                        workers=args.workers, threads=args.threads, seed=args.seed, calc_map=args.map,
+                        map_epochs=args.map_epochs, amp=args.amp, progress=not args.no_progress,
+                        verbose=args.verbose)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`darkpy train`: 0 when max_batches is reached, 130 after Ctrl-C (with _last saved), 1 on bad input."""
+    try:
+        trainer = Trainer(options_from_args(args))
+    except (TrainError, CfgError, DataError, WeightsError, LossError, ScheduleError, OSError, ValueError) as error:
+        print(f"darkpy train: error: {error}", file=sys.stderr)
+        return 1
+    try:
+        return trainer.train()
+    except (DataError, WeightsError, OSError) as error:
+        print(f"darkpy train: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ndarkpy train: interrupted twice: stopped without saving", file=sys.stderr)
+        return 130
+    finally:
+        trainer.close()

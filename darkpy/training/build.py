@@ -1,0 +1,165 @@
+"""train_detector's set-up (src/detector.c), in one explicit order: processes and device, the network from the
+one parsed cfg, the start weights, the settings, the training data, then the loss and the optimizer.
+
+Each step uses only what the steps before it returned; `build_training` returns everything the loop needs.
+"""
+import os
+import random
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+import torch
+
+from darkpy.cfg import Section, parse_cfg
+from darkpy.data import DataConfig, DataProblems, read_data_config, read_image_list, resolve_path
+from darkpy.inference import resolve_device
+from darkpy.loss import DarknetLoss
+from darkpy.model import Darknet
+from darkpy.training.checkpoints import StartWeights, backup_folder, load_start_weights
+from darkpy.training.dataset import DetectionTrainSet
+from darkpy.training.distributed import Distributed
+from darkpy.training.schedule import WeightsEma, build_optimizer
+from darkpy.training.settings import (TrainError, TrainOptions, TrainSettings, TrainWarning,
+                                      unimplemented_options)
+
+DEFAULT_TRAIN_LIST = "data/train.txt"  # train_detector's option_find_str default
+MAX_LOADER_WORKERS = 6  # Darknet runs 6 loader threads per GPU
+
+
+@dataclass
+class TrainingSetup:
+    """Everything the training loop works with, each piece made once."""
+
+    device: torch.device
+    workers: int  # loader processes
+    threads_before: Optional[int]  # torch's CPU threads before training changed them (restored at the end)
+    seed: int
+    model: Darknet
+    frozen_layers: int  # layers up to the last stopbackward=1: not trained
+    start: StartWeights
+    start_iteration: int
+    settings: TrainSettings
+    backup: Path
+    train_set: DetectionTrainSet
+    save_every: int  # .data saveweights: <cfg>_N.weights
+    save_last_every: int  # .data savelast: <cfg>_last.weights
+    loss: DarknetLoss
+    optimizer: torch.optim.Optimizer
+    ema: Optional[WeightsEma]
+    amp: bool
+    scaler: torch.amp.GradScaler
+
+
+def build_training(options: TrainOptions, dist: Distributed, say: Callable[[str], None],
+                   echo: Optional[Callable[[str], None]]) -> TrainingSetup:
+    """The set-up, in order; `say` prints Darknet's lines, `echo` reports data problems as they are met."""
+    dist.start(options.device)
+    device = _training_device(options.device, dist)
+    workers, threads_before = _workers_and_threads(options, device, dist.world)
+    seed = dist.agreed_seed(options.seed, random.SystemRandom().randrange(2 ** 31))
+    torch.manual_seed(seed)  # Darknet's random initialisation draws from here
+    sections = parse_cfg(options.cfg)
+    model, frozen_layers = _build_model(sections, options, device, dist.main)
+    data = read_data_config(options.data)
+    backup = backup_folder(data)
+    start = load_start_weights(model, options, backup)
+    dist.broadcast_model(model)
+    net, last_head = sections[0], model.heads[-1]
+    settings = TrainSettings.read(net, last_head, options, dist.world)
+    train_set = _read_train_list(data, settings, backup, int(last_head.classes), dist.main, say,
+                                 DataProblems(echo=echo if dist.main else None))
+    _warn_unimplemented(net, model, settings, dist.main)
+    amp = bool(device.type == "cuda" if options.amp is None else options.amp)
+    if amp and device.type != "cuda":
+        raise TrainError("--amp needs a CUDA device (mixed precision on the CPU is slower and not supported)")
+    return TrainingSetup(
+        device=device, workers=workers, threads_before=threads_before, seed=seed, model=model,
+        frozen_layers=frozen_layers, start=start, start_iteration=start.seen // settings.images_per_iteration,
+        settings=settings, backup=backup, train_set=train_set,
+        save_every=int(data.options.get("saveweights", 10000 if settings.max_batches >= 10000 else 1000)),
+        save_last_every=int(data.options.get("savelast", 100)),
+        loss=DarknetLoss(model.heads, warn=dist.main),
+        optimizer=build_optimizer(model.layers, settings.optimizer),
+        ema=WeightsEma(model.layers, settings.ema_alpha, settings.max_batches) if settings.ema_alpha else None,
+        amp=amp, scaler=torch.amp.GradScaler("cuda", enabled=amp))
+
+
+def _training_device(requested: str, dist: Distributed) -> torch.device:
+    resolved = resolve_device(dist.device_name(requested))
+    if resolved.type == "cuda":
+        torch.cuda.set_device(resolved)
+    return resolved
+
+
+def _workers_and_threads(options: TrainOptions, device: torch.device, processes: int) -> Tuple[int, Optional[int]]:
+    """Loader processes (Darknet uses 6 loader threads per GPU) and, on the CPU, torch threads; returns the
+    workers and the thread count before (None when unchanged).
+
+    On the CPU the network work dominates (augmenting an image costs a few percent of training on it), so one
+    loader process overlaps it and torch keeps every core; --threads/--workers override both."""
+    cores = os.cpu_count() or 1
+    workers = options.workers
+    if workers is None:
+        workers = max(0, min(MAX_LOADER_WORKERS, cores - 1)) if device.type == "cuda" else min(1, cores - 1)
+    if workers < 0:
+        raise TrainError(f"--workers must be 0 or more (got {workers})")
+    if device.type != "cpu":
+        return workers, None
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(options.threads or max(1, cores // processes))
+    return workers, threads_before
+
+
+def _build_model(sections: List[Section], options: TrainOptions, device: torch.device,
+                 main: bool) -> Tuple[Darknet, int]:
+    """The network in training mode on `device`, and how many of its first layers are frozen."""
+    with warnings.catch_warnings():
+        if not main:  # the cfg's warnings once, from the main process
+            warnings.simplefilter("ignore")
+        model = Darknet(sections, width=options.width, height=options.height)
+    if not model.heads:
+        raise TrainError(f"{options.cfg}: the cfg has no [yolo] or [region] layer; darkpy trains detectors only")
+    frozen_layers = _freeze_before_stopbackward(model)
+    model.to(device)
+    model.train()
+    return model, frozen_layers
+
+
+def _freeze_before_stopbackward(model: Darknet) -> int:
+    """stopbackward=1: backward_network stops at the last such layer, so it and every layer before it get no
+    gradient (parse_network_cfg_custom also builds those before it with train=0): they are not trained."""
+    stops = [layer.index for layer in model.layers if getattr(layer, "stopbackward", 0) == 1]
+    frozen = max(stops) + 1 if stops else 0
+    for layer in list(model.layers)[:frozen]:
+        for p in layer.parameters():
+            p.requires_grad_(False)
+    return frozen
+
+
+def _read_train_list(data: DataConfig, settings: TrainSettings, backup: Path, classes: int, main: bool,
+                     say: Callable[[str], None], problems: DataProblems) -> DetectionTrainSet:
+    """The .data file's train list as a DetectionTrainSet; creates the backup folder."""
+    train_value = data.options.get("train", DEFAULT_TRAIN_LIST)
+    train_list = resolve_path(train_value, data.path)
+    if not os.path.exists(train_list):
+        where = data.where("train") if "train" in data.options else data.path
+        raise TrainError(f"{where}: the train list {train_value!r} does not exist")
+    paths = read_image_list(train_list)
+    if not paths:
+        raise TrainError(f"{train_list}: the train list has no images")
+    if main and not backup.is_dir():
+        backup.mkdir(parents=True, exist_ok=True)
+        say(f" created the backup folder {backup}")
+    if data.classes is not None and data.classes != classes:
+        say(f" warning: {data.where('classes')}: classes={data.classes}, but the cfg's last layer has "
+            f"classes={classes}; the labels are checked against the cfg's, as Darknet does")
+    return DetectionTrainSet(paths, settings.augment, problems, list_file=train_list)
+
+
+def _warn_unimplemented(net: Section, model: Darknet, settings: TrainSettings, main: bool) -> None:
+    """One warning naming every option that would make Darknet train differently from darkpy."""
+    items = unimplemented_options(net, model.layers, settings.optimizer.adam)
+    if items and main:
+        warnings.warn("darkpy trains without these options:\n  " + "\n  ".join(items), TrainWarning, stacklevel=3)

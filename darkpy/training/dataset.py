@@ -1,0 +1,172 @@
+"""The training list as a torch Dataset, and the DataLoader that feeds the trainer.
+
+src/detector.c train_detector / src/data.c load_data_detection: images loaded and augmented ahead of the training
+step by loader threads (here processes); unreadable images replaced by other random ones; label problems counted
+and reported once (darkpy.data.DataProblems), handed back from worker processes with their batches.
+"""
+from __future__ import annotations
+
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from darkpy.data import DataError, DataProblems, label_path, read_labels, report_missing_image, resolve_path
+from darkpy.image import ImageError, load_image
+from darkpy.training.augment import Source, make_training_sample
+from darkpy.training.sampler import IterationSampler, SampleKey
+from darkpy.training.settings import AugmentConfig
+
+MAX_IMAGE_TRIES = 100  # unreadable images are replaced by other random ones; give up after this many
+
+class _ProblemLog:
+    """DataProblems' warn() interface, recording (kind, message) pairs to be replayed in the main process."""
+
+    def __init__(self) -> None:
+        self.items: List[Tuple[str, str]] = []
+
+    def warn(self, kind: str, message: str) -> None:
+        self.items.append((kind, message))
+
+
+class DetectionTrainSet(Dataset):
+    """A training list as Darknet's detector loader reads it; items are (image, truths, problems).
+
+    `dataset[SampleKey(...)]` gives a float32 tensor (3, h, w) RGB in [0, 1], a truths tensor (max, 5)
+    [x, y, w, h, class] padded with zeros (Darknet: a truth with x == 0 ends the list), and the data problems
+    met while making it (already recorded in `problems` when not in a loader worker). Unreadable images are
+    replaced by other randomly drawn ones and reported; missing/bad label lines are reported and skipped; an
+    empty label file is a negative image. Labels are read once per process and kept.
+    """
+
+    def __init__(self, image_paths: Sequence[str], config: AugmentConfig, problems: Optional[DataProblems] = None,
+                 list_file: Optional[str] = None):
+        self.list_file = list_file
+        self.image_paths = [resolve_path(p, list_file) if list_file else p for p in image_paths]
+        if not self.image_paths:
+            raise DataError(f"{list_file or 'training list'}: the list has no images")
+        self.config = config
+        self.problems = problems if problems is not None else DataProblems()
+        self._labels: dict = {}
+        self._unreadable: set = set()
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, key: SampleKey) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[str, str]]]:
+        if not isinstance(key, SampleKey):
+            raise TypeError("index the training set with SampleKey(index, width, height, ...) from IterationSampler")
+        log = _ProblemLog()
+        rng = key.rng()
+        image, truths = self.sample(key.index, key.width, key.height, rng, log)
+        padded = torch.zeros((self.config.max_boxes, 5), dtype=torch.float32)
+        padded[: len(truths)] = torch.from_numpy(truths)
+        return torch.from_numpy(np.ascontiguousarray(image)), padded, self._hand_over(log)
+
+    def sample(self, index: int, net_w: int, net_h: int, rng: np.random.Generator,
+               problems: Optional[DataProblems] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """make_training_sample for image `index` (more images for mosaic/mixup drawn at random)."""
+        problems = problems if problems is not None else self.problems
+
+        def sources(k: int) -> Source:
+            chosen = index if k == 0 else int(rng.integers(len(self)))
+            return self.load(chosen, rng, problems)
+
+        return make_training_sample(sources, net_w, net_h, self.config, rng, problems)
+
+    def load(self, index: int, rng: np.random.Generator, problems: Optional[DataProblems] = None) -> Source:
+        """Image `index` and its labels; an unreadable image is reported once and another one drawn instead."""
+        for _ in range(MAX_IMAGE_TRIES):
+            if index not in self._unreadable:
+                path = self.image_paths[index]
+                try:
+                    image = load_image(path)
+                except ImageError as error:
+                    report_missing_image(problems, path, _reason(error, path))
+                    self._unreadable.add(index)
+                else:
+                    labels_file = label_path(path)
+                    return image, self.labels(index, labels_file, problems), labels_file
+            index = int(rng.integers(len(self)))
+        raise DataError(f"{self.list_file or 'training list'}: no readable image in {MAX_IMAGE_TRIES} random draws "
+                        f"({len(self._unreadable)} of {len(self)} images failed to load)")
+
+    def labels(self, index: int, labels_file: str, problems: Optional[DataProblems]) -> np.ndarray:
+        if index not in self._labels:
+            self._labels[index] = read_labels(labels_file, self.config.classes, problems)
+        return self._labels[index]
+
+    def __getstate__(self) -> dict:
+        # Workers report problems back with their batches; the collector (which may hold an echo function that
+        # cannot be pickled) stays in the main process.
+        state = dict(self.__dict__)
+        state["problems"] = None
+        return state
+
+    def _hand_over(self, log: _ProblemLog) -> List[Tuple[str, str]]:
+        """In the main process record problems at once; from a worker send them back with the batch."""
+        if get_worker_info() is None:
+            for kind, message in log.items:
+                self.problems.warn(kind, message)
+            return []
+        return log.items
+
+
+def _reason(error: ImageError, path: str) -> str:
+    text = str(error)
+    prefix = f"{path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def collate_detections(items: Sequence[Tuple[torch.Tensor, torch.Tensor, List[Tuple[str, str]]]]
+                       ) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[str, str]]]:
+    """Stack a batch: images (B, 3, h, w), truths (B, max, 5), and the problems of all its samples."""
+    images = torch.stack([item[0] for item in items])
+    truths = torch.stack([item[1] for item in items])
+    problems = [problem for item in items for problem in item[2]]
+    return images, truths, problems
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: one OpenCV/torch thread per worker (workers already run in parallel).
+
+    No global random state needs seeding: every sample seeds its own generator from its SampleKey."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+class TrainBatches:
+    """Iterates a DataLoader of collate_detections batches, yielding (images, truths) and recording the problems
+    reported by worker processes in `problems` (DataProblems counts each distinct message once)."""
+
+    def __init__(self, loader: DataLoader, problems: DataProblems):
+        self.loader, self.problems = loader, problems
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        for images, truths, problems in self.loader:
+            for kind, message in problems:
+                self.problems.warn(kind, message)
+            yield images, truths
+
+
+def make_train_loader(dataset: DetectionTrainSet, sampler: IterationSampler, num_workers: int = 0,
+                      prefetch_factor: int = 2, multiprocessing_context: str = "spawn") -> TrainBatches:
+    """Batches of `sampler.batch` images per iteration (Darknet's batch, before subdivisions), loaded by
+    `num_workers` processes ahead of the training step as Darknet's loader thread does.
+
+    Workers are started with "spawn" by default: a forked child inherits the parent's locks and thread pools
+    (OpenMP, OpenCV, a watchdog thread) in whatever state they were in, which can hang it. Spawning costs a
+    second or two per worker, once per run (the sampler is a single pass over all iterations).
+    """
+    extra = {}
+    if num_workers > 0:
+        extra = {"prefetch_factor": prefetch_factor, "worker_init_fn": seed_worker,
+                 "multiprocessing_context": multiprocessing_context}
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_detections,
+                        **extra)
+    return TrainBatches(loader, dataset.problems)

@@ -1,0 +1,101 @@
+"""Several training processes (`torchrun --nproc_per_node N -m darkpy train ...`) as Darknet's `-gpus`.
+
+src/network_kernels.cu train_networks: each process trains `batch` images per iteration and the gradients are
+summed, which equals Darknet's N nets with learning_rate*N whose weights are averaged (sync_nets); the rolling
+batch-norm statistics are averaged every 4 iterations. With one process every function here does nothing.
+"""
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+BUFFER_SYNC_EVERY = 4  # Darknet's sync_nets interval, in iterations
+
+
+@dataclass
+class Distributed:
+    """torchrun's environment: rank, world size, local rank."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def start(self, device: str) -> None:
+        """Join the process group (NCCL on CUDA, gloo on the CPU)."""
+        if self.enabled and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+            torch.distributed.init_process_group(backend)
+
+    def stop(self) -> None:
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    def device_name(self, requested: str) -> str:
+        """Each process on its own GPU (LOCAL_RANK) when CUDA is asked for or automatic."""
+        if self.enabled and torch.cuda.is_available() and requested in ("auto", "cuda"):
+            return f"cuda:{self.local_rank}"
+        return requested
+
+    def agreed_seed(self, seed: Optional[int], drawn: int) -> int:
+        """The seed every process uses: the given one, or `drawn` in rank 0."""
+        if seed is not None:
+            return seed
+        if not self.enabled:
+            return drawn
+        value = torch.tensor([drawn if self.main else 0], dtype=torch.int64)
+        torch.distributed.broadcast(value, 0)
+        return int(value.item())
+
+    def broadcast_model(self, model: torch.nn.Module) -> None:
+        """All processes start from rank 0's weights and statistics."""
+        if not self.enabled:
+            return
+        with torch.no_grad():
+            for tensor in list(model.parameters()) + list(model.buffers()):
+                torch.distributed.broadcast(tensor.data, 0)
+
+    def sum_gradients(self, model: torch.nn.Module) -> None:
+        if not self.enabled:
+            return
+        for p in model.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+
+    def mean_loss(self, cost: float, device: torch.device) -> float:
+        """train_networks: the mean of the processes' losses."""
+        if not self.enabled:
+            return cost
+        total = torch.tensor([cost], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(total)
+        return float(total.item()) / self.world
+
+    def sync_buffers(self, model: torch.nn.Module, iteration: int) -> None:
+        """Darknet's sync_nets every 4 iterations: the rolling batch-norm statistics averaged."""
+        if not self.enabled or iteration % BUFFER_SYNC_EVERY != 0:
+            return
+        for b in model.buffers():
+            if b.dtype.is_floating_point:
+                torch.distributed.all_reduce(b)
+                b.div_(self.world)
+
+    def any_stops(self, stop: bool, device: torch.device) -> bool:
+        """True in every process when one of them was asked to stop."""
+        if not self.enabled:
+            return stop
+        flag = torch.tensor([1.0 if stop else 0.0], device=device)
+        torch.distributed.all_reduce(flag)
+        return bool(flag.item() > 0)

@@ -1,0 +1,259 @@
+"""Training settings, read once from the one parsed [net] section and the model's last detection head.
+
+src/parser.c `parse_net_options` reads [net] (batch, subdivisions, max_batches, the learning-rate and optimizer
+keys, the augmentation keys); src/detector.c `train_detector` hands load_data_detection the augmentation
+settings of [net] and of the last detection layer (`args.jitter = l.jitter`, `args.resize = l.resize`,
+`args.num_boxes = l.max_boxes`, multi-scale from `l.random`). Command-line values override the cfg's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+from darkpy.cfg import Section, parse_cfg
+from darkpy.layers import LAYER_TYPES
+from darkpy.layers.heads import _Head
+from darkpy.training.schedule import LearningRatePolicy, OptimizerSettings
+
+MIXUP_NONE, MIXUP_BLEND, MIXUP_MOSAIC = 0, 1, 3
+
+# [net] keys that change Darknet's detector training but that darkpy does not implement.
+NET_NOT_IMPLEMENTED = {
+    "try_fix_nan": "NaN repair", "weights_reject_freq": "similar-weights rejection",
+    "equidistant_point": "equidistant-point delta rejection",
+    "badlabels_rejection_percentage": "bad-label rejection", "num_sigmas_reject_badlabels": "bad-label rejection",
+    "dynamic_minibatch": "mini-batch resizing with multi-scale", "adversarial_lr": "adversarial training",
+    "contrastive": "contrastive loss", "unsupervised": "unsupervised contrastive training",
+    "track": "video tracking training", "sequential_subdivisions": "sequential subdivisions (tracking)",
+    "attention": "attention training", "seq_scales": "sequence scales (tracking)",
+}
+# [net] keys that only tune Darknet's GPU memory or speed: no effect on the result.
+NET_NO_EFFECT = ("use_cuda_graph", "optimized_memory", "workspace_size_limit_MB", "loss_scale")
+# per-layer keys of Darknet's GPU update path that darkpy does not implement
+LAYER_NOT_IMPLEMENTED = ("onlyforward", "dont_update", "burnin_update", "train_only_bn", "clip")
+
+
+class TrainError(Exception):
+    """A problem that stops training before it starts (bad arguments, files, or weights), with a clear message."""
+
+
+class TrainWarning(UserWarning):
+    """An option darkpy reads but does not implement for training."""
+
+
+@dataclass
+class TrainOptions:
+    """What `darkpy train` was asked to do (train_detector's arguments), before the cfg is read."""
+
+    data: str
+    cfg: str
+    weights: Optional[str] = None
+    clear: bool = False
+    resume: bool = False
+    max_batches: Optional[int] = None
+    batch: Optional[int] = None
+    subdivisions: Optional[int] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    learning_rate: Optional[float] = None
+    device: str = "auto"
+    workers: Optional[int] = None
+    threads: Optional[int] = None
+    seed: Optional[int] = None
+    calc_map: bool = False
+    map_epochs: int = 4
+    amp: Optional[bool] = None
+    progress: bool = True
+    verbose: bool = False
+    out: Optional[object] = None  # stream for Darknet's lines (default sys.stdout)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The augmentation settings train_detector passes to load_data_detection.
+
+    From [net]: flip, hue, saturation, exposure, blur, gaussian_noise, mixup/mosaic/cutmix (combined as Darknet's
+    net.mixup), letter_box, mosaic_bound, resize_step. From the LAST detection layer: classes, jitter, resize,
+    random, max (Darknet's `args.jitter = l.jitter`, `args.resize = l.resize`, `args.num_boxes = l.max_boxes`).
+    """
+
+    classes: int = 20
+    jitter: float = 0.2
+    resize: float = 1.0
+    random: float = 0.0
+    max_boxes: int = 200
+    flip: bool = True
+    hue: float = 0.0
+    saturation: float = 1.0
+    exposure: float = 1.0
+    blur: int = 0
+    gaussian_noise: int = 0
+    mixup: int = MIXUP_NONE  # 0 none, 1 mixup (blend two images), 3 mosaic
+    letter_box: bool = False
+    mosaic_bound: bool = False
+    resize_step: int = 32
+
+    def __post_init__(self) -> None:
+        if self.mixup not in (MIXUP_NONE, MIXUP_BLEND, MIXUP_MOSAIC):
+            raise ValueError(f"mixup mode must be 0, 1 or 3, got {self.mixup}")
+        if self.mixup == MIXUP_MOSAIC and self.letter_box:
+            # load_data_detection: "Combination: letter_box=1 & mosaic=1 - isn't supported"
+            raise ValueError("[net] letter_box=1 and mosaic=1 cannot be combined (Darknet refuses it too)")
+        if self.classes <= 0 or self.max_boxes <= 0:
+            raise ValueError(f"classes ({self.classes}) and max ({self.max_boxes}) must be positive")
+        if self.resize <= 0 or self.jitter < 0:
+            raise ValueError(f"resize ({self.resize}) must be positive and jitter ({self.jitter}) not negative")
+
+    @property
+    def mosaic(self) -> bool:
+        return self.mixup == MIXUP_MOSAIC
+
+    @classmethod
+    def from_net_and_head(cls, net: Section, head) -> "AugmentConfig":
+        """[net]'s augmentation keys and the detection head's classes, jitter, resize, random and max_boxes."""
+        return cls(
+            classes=int(head.classes), jitter=head.jitter, resize=head.resize, random=head.random,
+            max_boxes=head.max_boxes,
+            flip=bool(net.get_int("flip", 1)),
+            hue=net.get_float("hue", 0.0),
+            saturation=net.get_float("saturation", 1.0),
+            exposure=net.get_float("exposure", 1.0),
+            blur=net.get_int("blur", 0),
+            gaussian_noise=net.get_int("gaussian_noise", 0),
+            mixup=_detection_mixup_mode(net),
+            letter_box=bool(net.get_int("letter_box", 0)),
+            mosaic_bound=bool(net.get_int("mosaic_bound", 0)),
+            resize_step=max(1, net.get_int("resize_step", 32)),
+        )
+
+    @classmethod
+    def from_sections(cls, sections: Sequence[Section]) -> "AugmentConfig":
+        """Settings from parsed cfg sections alone, without building the network (a cfg whose layers need not fit
+        together): [net] and the options of the last head section, read with Darknet's defaults."""
+        heads = [s for s in sections if isinstance(LAYER_TYPES.get(s.type), type)
+                 and issubclass(LAYER_TYPES[s.type], _Head)]
+        if not heads:
+            raise sections[0].error("the cfg has no [yolo] or [region] layer to train")
+        return cls.from_net_and_head(sections[0], _HeadSection(heads[-1]))
+
+    @classmethod
+    def from_cfg(cls, path: Union[str, Path]) -> "AugmentConfig":
+        return cls.from_sections(parse_cfg(path))
+
+
+class _HeadSection:
+    """A head section's l.classes, l.jitter, l.resize, l.random, l.max_boxes with parse_yolo's defaults, for
+    AugmentConfig.from_sections (a built head has them as attributes)."""
+
+    def __init__(self, section: Section):
+        self.classes = section.get_int("classes", 20)
+        self.jitter = section.get_float("jitter", 0.2)
+        self.resize = section.get_float("resize", 1.0)
+        self.random = section.get_float("random", 0.0)
+        self.max_boxes = section.get_int("max", 200)
+
+
+def _detection_mixup_mode(net: Section) -> int:
+    """parse_net_options combines mixup/cutmix/mosaic into net.mixup; load_data_detection then drops cutmix
+    (2 -> 0, 4 -> 3: "cutmix=1 - isn't supported for Detector")."""
+    mode = net.get_int("mixup", 0)
+    cutmix, mosaic = net.get_int("cutmix", 0), net.get_int("mosaic", 0)
+    if mosaic and cutmix:
+        mode = 4
+    elif cutmix:
+        mode = 2
+    elif mosaic:
+        mode = 3
+    mode = {2: MIXUP_NONE, 4: MIXUP_MOSAIC}.get(mode, mode)
+    if mode not in (MIXUP_NONE, MIXUP_BLEND, MIXUP_MOSAIC):
+        raise net.error(f"mixup={mode} is not a mode Darknet's detector loader knows (0, 1, or mosaic=1)", "mixup")
+    return mode
+
+
+def _positive(value: int, what: str) -> int:
+    if value is None or value < 1:
+        raise TrainError(f"{what} must be a positive integer (got {value})")
+    return int(value)
+
+
+@dataclass
+class TrainSettings:
+    """train_detector's settings: parse_net_options' batch, subdivisions, max_batches, learning-rate policy,
+    optimizer, ema_alpha and max_chart_loss, and the augmentation settings."""
+
+    batch: int  # [net] batch (or --batch): images per iteration before Darknet divides it by subdivisions
+    subdivisions: int
+    max_batches: int
+    policy: LearningRatePolicy
+    optimizer: OptimizerSettings  # decay multiplied by the number of processes
+    cfg_decay: float  # [net] decay as written (printed)
+    ema_alpha: float
+    max_chart_loss: float
+    augment: AugmentConfig
+
+    @property
+    def mini_batch(self) -> int:
+        return self.batch // self.subdivisions
+
+    @property
+    def images_per_iteration(self) -> int:
+        """Darknet's net.batch*net.subdivisions."""
+        return self.mini_batch * self.subdivisions
+
+    @classmethod
+    def read(cls, net: Section, head, options: TrainOptions, processes: int = 1) -> "TrainSettings":
+        """From [net] (command-line values first) and the last detection head; TrainError for values Darknet
+        refuses to train with."""
+        batch = _positive(options.batch if options.batch is not None else net.get_int("batch", 1), "batch")
+        subdivisions = _positive(options.subdivisions if options.subdivisions is not None
+                                 else net.get_int("subdivisions", 1), "subdivisions")
+        if batch // subdivisions < 1:
+            raise TrainError(f"batch={batch} is smaller than subdivisions={subdivisions}: each mini-batch "
+                             f"would have batch/subdivisions = 0 images")
+        if (batch // subdivisions) * subdivisions == 1:
+            raise TrainError("batch=1: Darknet refuses to train with one image per iteration (\"You set incorrect "
+                             "value batch=1 for Training!\"); use e.g. batch=64 subdivisions=16")
+        max_batches = options.max_batches if options.max_batches is not None else net.get_int("max_batches", 0)
+        if max_batches < 1:
+            raise TrainError(f"{options.cfg}: [net] max_batches is {max_batches}: set it (or --max-batches)")
+        policy = LearningRatePolicy.from_net(net, options.learning_rate, max_batches)
+        optimizer = OptimizerSettings.from_net(net, (batch // subdivisions) * subdivisions)
+        cfg_decay = optimizer.decay
+        # summed gradients over N processes: decay as Darknet's N averaged nets apply it
+        optimizer.decay *= processes
+        return cls(batch, subdivisions, max_batches, policy, optimizer, cfg_decay,
+                   ema_alpha=net.get_float("ema_alpha", 0.0), max_chart_loss=net.get_float("max_chart_loss", 20.0),
+                   augment=AugmentConfig.from_net_and_head(net, head))
+
+
+def _is_set(section: Section, key: str) -> bool:
+    return section.has(key) and str(section.raw(key)).strip() not in ("0", "0.0", "")
+
+
+def unimplemented_options(net: Section, layers: Sequence, adam: bool) -> List[str]:
+    """Every option that would make Darknet train differently from darkpy, as 'file:line: [section] key=value
+    (what)' lines."""
+    items = []
+    for key, what in NET_NOT_IMPLEMENTED.items():
+        if _is_set(net, key):
+            items.append(f"{net.file}:{net.options[key].line}: [net] {key}={net.raw(key)} ({what})")
+    for key in NET_NO_EFFECT:
+        if net.has(key):
+            items.append(f"{net.file}:{net.options[key].line}: [net] {key}={net.raw(key)} (Darknet GPU memory/"
+                         "speed setting, no effect in darkpy)")
+    if net.has("time_steps") and net.get_int("time_steps", 1) != 1:
+        items.append(f"{net.file}:{net.options['time_steps'].line}: [net] time_steps (recurrent training)")
+    for layer in layers:
+        section = layer.section
+        for key in LAYER_NOT_IMPLEMENTED:
+            if _is_set(section, key):
+                items.append(f"{section.file}:{section.options[key].line}: [{section.written_type}] {key}="
+                             f"{section.raw(key)} (Darknet GPU update option)")
+        if getattr(layer, "stopbackward", 0) > 1:
+            items.append(f"{section.file}:{section.options['stopbackward'].line}: [{section.written_type}] "
+                         f"stopbackward={layer.stopbackward} (Darknet GPU: frozen until that iteration); darkpy "
+                         "does not freeze")
+    if adam:
+        items.append(f"{net.file}: [net] adam=1 follows Darknet's GPU Adam (its CPU build ignores adam)")
+    return items
