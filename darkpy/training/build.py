@@ -71,6 +71,9 @@ def build_training(options: TrainOptions, dist: Distributed, say: Callable[[str]
     train_set = _read_train_list(data, settings, backup, int(last_head.classes), dist.main, say,
                                  DataProblems(echo=echo if dist.main else None))
     _warn_unimplemented(net, model, settings, dist.main)
+    loss = DarknetLoss(model.heads, warn=dist.main)
+    optimizer = build_optimizer(model.layers, settings.optimizer)
+    ema = WeightsEma(model.layers, settings.ema_alpha, settings.max_batches) if settings.ema_alpha else None
     amp = bool(device.type == "cuda" if options.amp is None else options.amp)
     if amp and device.type != "cuda":
         raise TrainError("--amp needs a CUDA device (mixed precision on the CPU is slower and not supported)")
@@ -80,10 +83,7 @@ def build_training(options: TrainOptions, dist: Distributed, say: Callable[[str]
         settings=settings, backup=backup, train_set=train_set,
         save_every=int(data.options.get("saveweights", 10000 if settings.max_batches >= 10000 else 1000)),
         save_last_every=int(data.options.get("savelast", 100)),
-        loss=DarknetLoss(model.heads, warn=dist.main),
-        optimizer=build_optimizer(model.layers, settings.optimizer),
-        ema=WeightsEma(model.layers, settings.ema_alpha, settings.max_batches) if settings.ema_alpha else None,
-        amp=amp, scaler=torch.amp.GradScaler("cuda", enabled=amp))
+        loss=loss, optimizer=optimizer, ema=ema, amp=amp, scaler=torch.amp.GradScaler("cuda", enabled=amp))
 
 
 def _training_device(requested: str, dist: Distributed) -> torch.device:
