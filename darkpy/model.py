@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from darkpy.cfg import Section, parse_cfg, warn_unused
+from darkpy.heads import Head as _Head
 from darkpy.layers import LAYER_TYPES, UNSUPPORTED, BuildContext, Layer
-from darkpy.layers.heads import _Head
 
 # [net] keys Darknet reads (parse_net_options); the trainer interprets them, the model keeps them as strings.
 NET_KEYS = (
