@@ -12,19 +12,18 @@ Every step runs in float32 with the C operation order (and in float64 where C ca
 boxes decoded from Darknet's own layer outputs equal Darknet's to the last bit.
 
 A box is (x, y, w, h): centre and size, relative to the image (0..1), as Darknet's `box`.
-The IoU helpers take arrays of shape (..., 4) and accept numpy arrays or torch tensors (differentiable,
-for the training loss); for numpy float32 input they reproduce Darknet's float results exactly.
+The IoU helpers take numpy arrays of shape (..., 4); for float32 input they reproduce Darknet's float results
+exactly. The training loss uses Darknet's analytic gradient `dx_box_iou`, not autograd.
 """
 from dataclasses import dataclass
 import math
-from typing import List, Optional, Protocol, Sequence, Tuple, Union
+from typing import List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from .image import letterbox_size
 
-Array = Union[np.ndarray, torch.Tensor]
+Array = np.ndarray
 F32 = np.float32
 
 NMS_KINDS = ("default", "greedynms", "diounms", "cornersnms")
@@ -33,42 +32,27 @@ Box = Tuple[float, float, float, float]  # one box as Python floats: centre x, c
 DARKNET_DIOU_EXPONENT = 0.6  # box_diou's hard-coded exponent on the centre-distance term (greedynms)
 
 
-# ============================================================================ array helpers (numpy or torch)
+# ============================================================================ array primitives
+# The IoU family reaches numpy only through these names (tests/helpers/torch_boxes.py evaluates the same
+# formulas in torch by swapping them).
 
-def _is_torch(x) -> bool:
-    return isinstance(x, torch.Tensor)
-
-
-def _minimum(a: Array, b: Array) -> Array:
-    return torch.minimum(a, b) if _is_torch(a) else np.minimum(a, b)
-
-
-def _maximum(a: Array, b: Array) -> Array:
-    return torch.maximum(a, b) if _is_torch(a) else np.maximum(a, b)
+_minimum = np.minimum
+_maximum = np.maximum
+_atan = np.arctan
 
 
-def _where(condition: Array, a: Array, b: Array) -> Array:
-    if _is_torch(condition):
-        return torch.where(condition, a, b)
+def _where(condition: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.where, keeping the operands' float type."""
     return np.where(condition, a, b).astype(np.result_type(a, b), copy=False)
 
 
-def _atan(x: Array) -> Array:
-    return torch.atan(x) if _is_torch(x) else np.arctan(x)
-
-
-def _pow_double(base: Array, exponent: float) -> Array:
-    """C's `float r = pow(base, exponent)`: computed in double, rounded to the base's type (numpy)."""
-    if _is_torch(base):
-        # x^0.6 has an infinite slope at 0 (boxes with the same centre): keep the gradient finite there
-        positive = base > 0
-        return torch.where(positive, torch.pow(torch.where(positive, base, torch.ones_like(base)), exponent),
-                           torch.zeros_like(base))
+def _pow_double(base: np.ndarray, exponent: float) -> np.ndarray:
+    """C's `float r = pow(base, exponent)`: computed in double, rounded to the base's type."""
     return np.power(base.astype(np.float64), exponent).astype(base.dtype)
 
 
-def _safe_denominator(x: Array) -> Array:
-    # where(x == 0, 1, x): keeps torch's backward free of 0/0 in the branch that where() discards.
+def _safe_denominator(x: np.ndarray) -> np.ndarray:
+    # where(x == 0, 1, x): the branch where() discards never divides by 0 (and stays free of 0/0 under autograd)
     return _where(x == 0, x * 0 + 1, x)
 
 
@@ -177,6 +161,8 @@ def dx_box_iou(pred: Box, truth: Box, kind: str) -> Tuple[float, float, float, f
     branches replace the IoU part when the boxes do not overlap, and the intersection terms use the signed
     (possibly negative) overlap widths.
     """
+    # One long function, as box.c's is: every term reads the same dozen edges, areas and widths, and keeping
+    # C's order line by line is what makes the comparison with Darknet checkable.
     px, py, pw, ph = pred
     tx, ty, tw, th = truth
     p_top, p_bot = py - ph / 2, py + ph / 2
@@ -274,6 +260,12 @@ class Detection:
     objectness: float
     probs: np.ndarray
     uncertainty: Optional[np.ndarray] = None
+
+    @property
+    def best_class(self) -> int:
+        """Index of the highest probability (the first on ties), -1 when all are 0."""
+        best = int(np.argmax(self.probs))
+        return best if self.probs[best] > 0 else -1
 
     @property
     def confidence(self) -> float:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import ORACLE, SHARED, require
-from darkpy.boxes import (BoxSet, Detection, box_ciou, box_diou, box_giou, box_iou, correct_boxes, detection_lines,
-                          get_network_boxes, nms_sort)
+from darkpy.boxes import BoxSet, Detection, correct_boxes, detection_lines, get_network_boxes, nms_sort
 from helpers.heads import gaussian_yolo_head, region_head, yolo_head
+from helpers.torch_boxes import box_ciou, box_diou, box_giou, box_iou
 
 F = np.float32
 REAL = ORACLE / "real-yolov3-tiny"

@@ -1,5 +1,5 @@
 """[region] (src/region_layer.c, YOLOv2): activation, decoding and loss. No softmax tree (YOLO9000)."""
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import torch

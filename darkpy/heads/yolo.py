@@ -429,7 +429,6 @@ class _YoloImage:
             _average_box_deltas(self.delta[self.b])
 
 
-
 def _average_box_deltas(delta_b: np.ndarray) -> None:
     """averages_yolo_deltas: where the objectness delta is set, divide box deltas by the positive classes there."""
     obj_set = delta_b[:, 4] != 0  # (A, H, W)
