@@ -15,8 +15,8 @@ A box is (x, y, w, h): centre and size, relative to the image (0..1), as Darknet
 The IoU helpers take numpy arrays of shape (..., 4); for float32 input they reproduce Darknet's float results
 exactly. The training loss uses Darknet's analytic gradient `dx_box_iou`, not autograd.
 """
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from typing import List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np

@@ -10,7 +10,7 @@ Darknet's delta array). Nothing outside dispatches on a head's type name.
 """
 import math
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -231,7 +231,8 @@ def class_probs(objectness: np.ndarray, scores: np.ndarray, thresh: F32) -> np.n
 
 # ============================================================================ loss arithmetic of every head
 
-def as_box(values) -> np.ndarray:
+def as_box(values: Sequence[float]) -> np.ndarray:
+    """One box (x, y, w, h) of Python floats as the float32 array the IoU family takes (Darknet's `box`)."""
     return np.asarray(values, dtype=np.float32)
 
 
@@ -286,6 +287,7 @@ def c_exp(v: float) -> float:
 
 
 def c_sqrt(v: float) -> float:
+    """C's sqrt: NaN for negatives (Python raises instead)."""
     return math.sqrt(v) if v >= 0 else math.nan
 
 

@@ -147,7 +147,8 @@ class RegionLayer(Head):
         stats.cost = float(np.square(delta, dtype=np.float64).sum())
         return delta, stats
 
-    def _class_delta(self, out, delta, b, n, j, i, class_id, scale) -> None:
+    def _class_delta(self, out: np.ndarray, delta: np.ndarray, b: int, n: int, j: int, i: int, class_id: int,
+                     scale: float) -> None:
         """delta_region_class without a tree: softmax cross-entropy gradient, or Darknet's focal variant."""
         p = out[b, n, 5:, j, i]
         target = np.zeros_like(p)
@@ -158,7 +159,8 @@ class RegionLayer(Head):
             d = d * (0.5 * (-(1 - pt) * (2 * pt * c_log(pt) + pt - 1)))
         delta[b, n, 5:, j, i] = d
 
-    def _positive(self, out, delta, b, truth_row, anchors: np.ndarray, stats: HeadLoss) -> None:
+    def _positive(self, out: np.ndarray, delta: np.ndarray, b: int, truth_row: np.ndarray, anchors: np.ndarray,
+                  stats: HeadLoss) -> None:
         """One truth: its best anchor at its cell gets the coordinate, objectness and class deltas."""
         class_id = int(truth_row[4])
         if class_id >= self.classes:

@@ -1,6 +1,6 @@
 """[yolo] (src/yolo_layer.c) and [Gaussian_yolo] (src/gaussian_yolo_layer.c): activation, decoding, loss."""
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,7 +26,11 @@ YOLO_OPTIONS: Dict[str, object] = {
 }
 
 
+Array = Union[np.ndarray, torch.Tensor]  # _yolo_point serves decode (numpy) and decode_torch
+
+
 def _scale_xy(t: torch.Tensor, s: float) -> torch.Tensor:
+    """scale_x_y on an activated x or y: t * s - (s - 1) / 2."""
     return t * s - 0.5 * (s - 1.0) if s != 1.0 else t
 
 
@@ -262,7 +266,7 @@ class GaussianYoloLayer(YoloLayer):
         probs = np.where(probs > thresh, probs, F32(0)).astype(F32)
         return BoxSet(xywh, objectness, probs, uncertainty)
 
-    def _yolo_point(self, x, y, w, h):
+    def _yolo_point(self, x: Array, y: Array, w: Array, h: Array) -> Tuple[Array, Array]:
         """yolo_point: the decoded x, y are the box's centre, top-left or bottom-right corner."""
         if self.yolo_point == "left_top":
             return x + w / 2, y + h / 2
