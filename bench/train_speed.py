@@ -24,7 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from darkpy.loss import DarknetLoss  # noqa: E402
+from darkpy.training.loss import DarknetLoss  # noqa: E402
 from darkpy.model import Darknet  # noqa: E402
 from darkpy.training.schedule import OptimizerSettings, build_optimizer, set_learning_rate  # noqa: E402
 

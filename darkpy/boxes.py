@@ -1,72 +1,58 @@
-"""Boxes as Darknet computes them: head decoding, IoU variants, NMS and the console lines of `detector test`.
+"""Boxes as Darknet computes them: geometry, the IoU family and its gradient, NMS and the console lines of
+`detector test`. Each head decodes its own output (darkpy.heads); `get_network_boxes` asks every head.
 
 Reproduced from AlexeyAB darknet:
-- src/yolo_layer.c `get_yolo_detections`, `get_yolo_box`, `correct_yolo_boxes`;
-- src/gaussian_yolo_layer.c `get_gaussian_yolo_detections`, `correct_gaussian_yolo_boxes`;
-- src/region_layer.c `get_region_boxes` and src/network.c `custom_get_region_detections` (the path
-  `get_network_boxes` takes for [region]);
-- src/box.c `box_iou`, `box_giou`, `box_diou`, `box_diounms`, `box_ciou`, `do_nms_sort`, `diounms_sort`;
+- src/box.c `box_iou`, `box_giou`, `box_diou`, `box_diounms`, `box_ciou`, `dx_box_iou`, `do_nms_sort`,
+  `diounms_sort`;
+- src/yolo_layer.c `correct_yolo_boxes`, src/gaussian_yolo_layer.c `correct_gaussian_yolo_boxes`;
+- src/network.c `get_network_boxes`;
 - src/image.c `draw_detections_v3` / `get_actual_detections` (console output).
 
 Every step runs in float32 with the C operation order (and in float64 where C calls exp/pow on doubles), so
 boxes decoded from Darknet's own layer outputs equal Darknet's to the last bit.
 
 A box is (x, y, w, h): centre and size, relative to the image (0..1), as Darknet's `box`.
-The IoU helpers take arrays of shape (..., 4) and accept numpy arrays or torch tensors (differentiable,
-for the training loss); for numpy float32 input they reproduce Darknet's float results exactly.
+The IoU helpers take numpy arrays of shape (..., 4); for float32 input they reproduce Darknet's float results
+exactly. The training loss uses Darknet's analytic gradient `dx_box_iou`, not autograd.
 """
+import math
 from dataclasses import dataclass
-from math import pi
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from .image import letterbox_size
 
-Array = Union[np.ndarray, torch.Tensor]
+Array = np.ndarray
 F32 = np.float32
 
 NMS_KINDS = ("default", "greedynms", "diounms", "cornersnms")
+IOU_KINDS = ("iou", "giou", "diou", "ciou")
+Box = Tuple[float, float, float, float]  # one box as Python floats: centre x, centre y, w, h
 DARKNET_DIOU_EXPONENT = 0.6  # box_diou's hard-coded exponent on the centre-distance term (greedynms)
 
 
-# ============================================================================ array helpers (numpy or torch)
+# ============================================================================ array primitives
+# The IoU family reaches numpy only through these names (tests/helpers/torch_boxes.py evaluates the same
+# formulas in torch by swapping them).
 
-def _is_torch(x) -> bool:
-    return isinstance(x, torch.Tensor)
-
-
-def _minimum(a: Array, b: Array) -> Array:
-    return torch.minimum(a, b) if _is_torch(a) else np.minimum(a, b)
-
-
-def _maximum(a: Array, b: Array) -> Array:
-    return torch.maximum(a, b) if _is_torch(a) else np.maximum(a, b)
+_minimum = np.minimum
+_maximum = np.maximum
+_atan = np.arctan
 
 
-def _where(condition: Array, a: Array, b: Array) -> Array:
-    if _is_torch(condition):
-        return torch.where(condition, a, b)
+def _where(condition: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.where, keeping the operands' float type."""
     return np.where(condition, a, b).astype(np.result_type(a, b), copy=False)
 
 
-def _atan(x: Array) -> Array:
-    return torch.atan(x) if _is_torch(x) else np.arctan(x)
-
-
-def _pow_double(base: Array, exponent: float) -> Array:
-    """C's `float r = pow(base, exponent)`: computed in double, rounded to the base's type (numpy)."""
-    if _is_torch(base):
-        # x^0.6 has an infinite slope at 0 (boxes with the same centre): keep the gradient finite there
-        positive = base > 0
-        return torch.where(positive, torch.pow(torch.where(positive, base, torch.ones_like(base)), exponent),
-                           torch.zeros_like(base))
+def _pow_double(base: np.ndarray, exponent: float) -> np.ndarray:
+    """C's `float r = pow(base, exponent)`: computed in double, rounded to the base's type."""
     return np.power(base.astype(np.float64), exponent).astype(base.dtype)
 
 
-def _safe_denominator(x: Array) -> Array:
-    # where(x == 0, 1, x): keeps torch's backward free of 0/0 in the branch that where() discards.
+def _safe_denominator(x: np.ndarray) -> np.ndarray:
+    # where(x == 0, 1, x): the branch where() discards never divides by 0 (and stays free of 0/0 under autograd)
     return _where(x == 0, x * 0 + 1, x)
 
 
@@ -148,9 +134,115 @@ def box_ciou(a: Array, b: Array) -> Array:
     distance = _centre_distance_sq(a, b) / _safe_denominator(c)
     # a zero height (degenerate box) would make the aspect 0/0; Darknet's boxes never have one
     angle = _atan(b[..., 2] / _safe_denominator(b[..., 3])) - _atan(a[..., 2] / _safe_denominator(a[..., 3]))
-    v = (4 / (pi * pi)) * angle * angle
+    v = (4 / (math.pi * math.pi)) * angle * angle
     alpha = v / (1 - iou + v + 0.000001)
     return _where(c == 0, iou, iou - (distance + alpha * v))
+
+
+def box_iou_kind(a: np.ndarray, b: np.ndarray, kind: str) -> np.ndarray:
+    """box_iou_kind: the IoU variant named by kind (one of IOU_KINDS)."""
+    return {"iou": box_iou, "giou": box_giou, "diou": box_diou, "ciou": box_ciou}[kind](a, b)
+
+
+# ============================================================================ IoU gradient (the training loss)
+
+def _safe_atan_ratio(box: Box) -> float:
+    """atan(w/h) as C computes it: w/0 is +-inf (atan -> +-pi/2), 0/0 is NaN."""
+    w, h = box[2], box[3]
+    if h == 0:
+        return math.nan if w == 0 else math.copysign(math.pi / 2, w)
+    return math.atan(w / h)
+
+
+def dx_box_iou(pred: Box, truth: Box, kind: str) -> Tuple[float, float, float, float]:
+    """box.c dx_box_iou: Darknet's analytic gradient of IoU/GIoU/DIoU/CIoU w.r.t. (x, y, w, h) of `pred`.
+
+    Reproduced term by term, including its conventions: w/h derivatives are not halved, the GIoU/DIoU/CIoU
+    branches replace the IoU part when the boxes do not overlap, and the intersection terms use the signed
+    (possibly negative) overlap widths.
+    """
+    # One long function, as box.c's is: every term reads the same dozen edges, areas and widths, and keeping
+    # C's order line by line is what makes the comparison with Darknet checkable.
+    px, py, pw, ph = pred
+    tx, ty, tw, th = truth
+    p_top, p_bot = py - ph / 2, py + ph / 2
+    p_left, p_right = px - pw / 2, px + pw / 2
+    pred_t, pred_b = min(p_top, p_bot), max(p_top, p_bot)
+    pred_l, pred_r = min(p_left, p_right), max(p_left, p_right)
+    t_top, t_bot, t_left, t_right = ty - th / 2, ty + th / 2, tx - tw / 2, tx + tw / 2
+
+    area_pred = (pred_b - pred_t) * (pred_r - pred_l)
+    area_truth = (t_bot - t_top) * (t_right - t_left)
+    ih = min(pred_b, t_bot) - max(pred_t, t_top)
+    iw = min(pred_r, t_right) - max(pred_l, t_left)
+    inter = iw * ih
+    union = area_pred + area_truth - inter
+    dist2 = (px - tx) ** 2 + (py - ty) ** 2
+    giou_cw = max(pred_r, t_right) - min(pred_l, t_left)
+    giou_ch = max(pred_b, t_bot) - min(pred_t, t_top)
+    giou_c = giou_cw * giou_ch
+
+    dX = (-(pred_r - pred_l), pred_r - pred_l, -(pred_b - pred_t), pred_b - pred_t)  # d area / d (t, b, l, r)
+    dI = (-iw if pred_t > t_top else 0.0, iw if pred_b < t_bot else 0.0,
+          -ih if pred_l > t_left else 0.0, ih if pred_r < t_right else 0.0)
+    dU = tuple(x - i for x, i in zip(dX, dI))
+    dC = (-giou_cw if pred_t < t_top else 0.0, giou_cw if pred_b > t_bot else 0.0,
+          -giou_ch if pred_l < t_left else 0.0, giou_ch if pred_r > t_right else 0.0)
+
+    p = [0.0, 0.0, 0.0, 0.0]  # d IoU / d (t, b, l, r)
+    if union > 0:
+        p = [(union * di - inter * du) / (union * union) for di, du in zip(dI, dU)]
+    # corner selection for flipped boxes (a no-op for positive w/h, kept for fidelity)
+    if not p_top < p_bot:
+        p[0], p[1] = p[1], p[1]
+    if not p_left < p_right:
+        p[2], p[3] = p[3], p[3]
+    if kind == "giou":
+        c_terms = [((giou_c * du) - (union * dc)) / (giou_c * giou_c) if giou_c != 0 else math.nan
+                   for du, dc in zip(dU, dC)]
+        if giou_c > 0:
+            p = [a + c for a, c in zip(p, c_terms)]
+        if iw <= 0 or ih <= 0:
+            p = c_terms
+    p_t, p_b, p_l, p_r = p
+    p_dx, p_dy = p_l + p_r, p_t + p_b
+    p_dw, p_dh = p_r - p_l, p_b - p_t
+
+    if kind in ("diou", "ciou"):
+        c_top = min(py - ph / 2, ty - th / 2)
+        c_bot = max(py + ph / 2, ty + th / 2)
+        c_left = min(px - pw / 2, tx - tw / 2)
+        c_right = max(px + pw / 2, tx + tw / 2)
+        cw, ch = c_right - c_left, c_bot - c_top
+        c = cw * cw + ch * ch
+        dCt = (0.0, 1.0 if pred_t < t_top else 0.0, 0.0, -0.5 if pred_t < t_top else 0.0)  # d/d(x, y, w, h)
+        dCb = (0.0, 1.0 if pred_b > t_bot else 0.0, 0.0, 0.5 if pred_b > t_bot else 0.0)
+        dCl = (1.0 if pred_l < t_left else 0.0, 0.0, -0.5 if pred_l < t_left else 0.0, 0.0)
+        dCr = (1.0 if pred_r > t_right else 0.0, 0.0, 0.5 if pred_r > t_right else 0.0, 0.0)
+        dCw = [r - l for r, l in zip(dCr, dCl)]
+        dCh = [b - t for b, t in zip(dCb, dCt)]
+        ar_dw = ar_dh = alpha = 0.0
+        if kind == "ciou":
+            diff = _safe_atan_ratio(truth) - _safe_atan_ratio(pred)
+            ar_term = 4 / (math.pi * math.pi) * diff * diff
+            iou_part = inter / union if union != 0 else math.nan
+            alpha = ar_term / (1 - iou_part + ar_term + 0.000001)
+            ar_dw = 8 / (math.pi * math.pi) * diff * ph
+            ar_dh = -8 / (math.pi * math.pi) * diff * pw
+
+        def centre_terms():
+            cc = c * c if c != 0 else math.nan
+            return ((2 * (tx - px) * c - (2 * cw * dCw[0] + 2 * ch * dCh[0]) * dist2) / cc,
+                    (2 * (ty - py) * c - (2 * cw * dCw[1] + 2 * ch * dCh[1]) * dist2) / cc,
+                    (2 * cw * dCw[2] + 2 * ch * dCh[2]) * dist2 / cc + alpha * ar_dw,
+                    (2 * cw * dCw[3] + 2 * ch * dCh[3]) * dist2 / cc + alpha * ar_dh)
+
+        if c > 0:
+            extra = centre_terms()
+            p_dx, p_dy, p_dw, p_dh = p_dx + extra[0], p_dy + extra[1], p_dw + extra[2], p_dh + extra[3]
+        if iw <= 0 or ih <= 0:
+            p_dx, p_dy, p_dw, p_dh = centre_terms()
+    return p_dx, p_dy, p_dw, p_dh
 
 
 # ============================================================================ detections
@@ -233,105 +325,6 @@ class BoxSet:
         return result
 
 
-@dataclass
-class HeadSpec:
-    """What decoding needs to know about a detection head ([yolo], [Gaussian_yolo], [region]).
-
-    anchors: (A, 2) of the head's mask — input pixels for yolo/Gaussian_yolo, grid cells for region."""
-
-    kind: str
-    classes: int
-    anchors: np.ndarray
-    scale_x_y: float = 1.0
-    new_coords: int = 0
-    nms_kind: str = "default"
-    beta_nms: float = 0.6
-    coords: int = 4
-    yolo_point: str = "center"
-    classfix: int = 0
-    has_tree: bool = False
-    index: int = -1
-
-    @staticmethod
-    def from_module(head) -> "HeadSpec":
-        """From a head module of darkpy.model (attributes kind, classes, anchors, nms_kind, ...)."""
-        options = getattr(head, "options", {}) or {}
-        anchors = head.anchors
-        anchors = anchors.detach().cpu().numpy() if _is_torch(anchors) else np.asarray(anchors)
-        return HeadSpec(kind=head.kind, classes=int(head.classes), anchors=anchors.astype(F32).reshape(-1, 2),
-                        scale_x_y=float(getattr(head, "scale_x_y", 1.0)),
-                        new_coords=int(getattr(head, "new_coords", 0)),
-                        nms_kind=str(getattr(head, "nms_kind", "default")),
-                        beta_nms=float(getattr(head, "beta_nms", 0.6)),
-                        coords=int(getattr(head, "coords", 4)),
-                        yolo_point=str(options.get("yolo_point", "center")),
-                        classfix=int(float(options.get("classfix", 0) or 0)),
-                        has_tree=bool(options.get("tree")),
-                        index=int(getattr(head, "index", -1)))
-
-
-def _check_output(output: np.ndarray, head: HeadSpec, box_entries: int) -> np.ndarray:
-    output = np.asarray(output, dtype=F32)
-    expected = box_entries + 1 + head.classes
-    if output.ndim != 4 or output.shape[0] != len(head.anchors) or output.shape[1] != expected:
-        raise ValueError(f"{head.kind} head {head.index}: expected an output of shape "
-                         f"({len(head.anchors)}, {expected}, H, W), got {output.shape}")
-    return output
-
-
-def _cells_first(output: np.ndarray) -> np.ndarray:
-    """(A, E, H, W) -> (H*W*A, E): Darknet's detection order, cell by cell, anchors within a cell."""
-    anchors, entries, rows, cols = output.shape
-    return output.transpose(2, 3, 0, 1).reshape(rows * cols * anchors, entries)
-
-
-def _cell_grid(output: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Column, row and anchor index of each row of _cells_first(output), as float32/int."""
-    anchors, _, rows, cols = output.shape
-    row, col, anchor = np.meshgrid(np.arange(rows), np.arange(cols), np.arange(anchors), indexing="ij")
-    return col.reshape(-1).astype(F32), row.reshape(-1).astype(F32), anchor.reshape(-1)
-
-
-class _Cells(NamedTuple):
-    """A head's output as Darknet's get_*_detections loops over it: one row per cell and anchor, in its order."""
-
-    entries: np.ndarray  # (N, E) the output entries of each row
-    col: np.ndarray  # (N,) float32 column of the row's cell
-    row: np.ndarray  # (N,) float32 row of the row's cell
-    anchor_wh: np.ndarray  # (N, 2) the row's anchor (w, h)
-    cols: int
-    rows: int
-
-    def centre(self, tx: np.ndarray, ty: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """Box centre relative to the network: ((col + tx) / W, (row + ty) / H), in float."""
-        return (self.col + tx) / F32(self.cols), (self.row + ty) / F32(self.rows)
-
-
-def _head_cells(output: np.ndarray, head: HeadSpec, box_entries: int, thresh: Optional[F32] = None) -> _Cells:
-    """Check the output's shape and list its cells; with `thresh`, only those whose objectness (the entry after
-    the box entries) is > thresh, as get_yolo_detections / get_gaussian_yolo_detections keep them."""
-    output = _check_output(output, head, box_entries)
-    flat = _cells_first(output)
-    col, row, anchor = _cell_grid(output)
-    if thresh is not None:
-        keep = flat[:, box_entries] > thresh
-        flat, col, row, anchor = flat[keep], col[keep], row[keep], anchor[keep]
-    rows, cols = output.shape[2:]
-    return _Cells(flat, col, row, head.anchors[anchor], cols, rows)
-
-
-def _exp_scale(t: np.ndarray, anchor: np.ndarray, size: int) -> np.ndarray:
-    """`exp(t) * anchor / size` with C's double exp, rounded to float (inf beyond float's range, as in C)."""
-    with np.errstate(over="ignore"):
-        return (np.exp(t.astype(np.float64)) * anchor.astype(np.float64) / size).astype(F32)
-
-
-def _class_probs(objectness: np.ndarray, scores: np.ndarray, thresh: F32) -> np.ndarray:
-    """prob = objectness * class score, kept only where > thresh (get_yolo_detections)."""
-    probs = objectness[:, None] * scores
-    return np.where(probs > thresh, probs, F32(0)).astype(F32)
-
-
 def _fast_math_reciprocal(ratio: F32) -> F32:
     """`1 / ratio` (float) as Darknet's release build computes it in correct_yolo_boxes.
 
@@ -373,100 +366,22 @@ def correct_boxes(xywh: np.ndarray, image_wh: Tuple[int, int], net_wh: Tuple[int
     return np.stack([x.astype(F32), y.astype(F32), w.astype(F32), h.astype(F32)], axis=1)
 
 
-def decode_yolo(output: np.ndarray, head: HeadSpec, net_wh: Tuple[int, int], image_wh: Tuple[int, int],
-                thresh: float, letter_box: bool) -> BoxSet:
-    """[yolo] head output (A, 4+1+classes, H, W), as left by Darknet's forward -> boxes with objectness > thresh
-    (get_yolo_detections + get_yolo_box + correct_yolo_boxes)."""
-    thresh = F32(thresh)
-    cells = _head_cells(output, head, 4, thresh)
-    flat, anchor_wh = cells.entries, cells.anchor_wh
-    net_w, net_h = net_wh
-    x, y = cells.centre(flat[:, 0], flat[:, 1])
-    if head.new_coords:
-        w = flat[:, 2] * flat[:, 2] * F32(4) * anchor_wh[:, 0] / F32(net_w)
-        h = flat[:, 3] * flat[:, 3] * F32(4) * anchor_wh[:, 1] / F32(net_h)
-    else:
-        w = _exp_scale(flat[:, 2], anchor_wh[:, 0], net_w)
-        h = _exp_scale(flat[:, 3], anchor_wh[:, 1], net_h)
-    xywh = correct_boxes(np.stack([x, y, w, h], axis=1).astype(F32), image_wh, net_wh, letter_box)
-    objectness = flat[:, 4].copy()
-    return BoxSet(xywh, objectness, _class_probs(objectness, flat[:, 5:], thresh))
+class HeadDecoder(Protocol):
+    """What get_network_boxes needs of a detection head (darkpy.heads.Head)."""
+
+    classes: int
+
+    def decode(self, output: np.ndarray, net_wh: Tuple[int, int], image_wh: Tuple[int, int], thresh: float,
+               hier: float = 0.5, letter_box: bool = False) -> "BoxSet":
+        ...
 
 
-def decode_gaussian_yolo(output: np.ndarray, head: HeadSpec, net_wh: Tuple[int, int],
-                         image_wh: Tuple[int, int], thresh: float, letter_box: bool) -> BoxSet:
-    """[Gaussian_yolo] output (A, 8+1+classes, H, W): x, σx, y, σy, w, σw, h, σh, objectness, classes ->
-    boxes with objectness > thresh, prob = obj·cls·(1 - mean σ) (get_gaussian_yolo_detections)."""
-    thresh = F32(thresh)
-    cells = _head_cells(output, head, 8, thresh)
-    flat, anchor_wh = cells.entries, cells.anchor_wh
-    net_w, net_h = net_wh
-    w = _exp_scale(flat[:, 4], anchor_wh[:, 0], net_w)
-    h = _exp_scale(flat[:, 6], anchor_wh[:, 1], net_h)
-    x, y = cells.centre(flat[:, 0], flat[:, 2])
-    if head.yolo_point == "left_top":
-        x, y = x + w / 2, y + h / 2
-    elif head.yolo_point == "right_bottom":
-        x, y = x - w / 2, y - h / 2
-    xywh = correct_boxes(np.stack([x, y, w, h], axis=1).astype(F32), image_wh, net_wh, letter_box, gaussian=True)
-    uncertainty = flat[:, [1, 3, 5, 7]].copy()
-    # uc_aver = (uc0+uc1+uc2+uc3)/4.0 (float, then double); prob = obj*cls*(1.0 - uc_aver) in double
-    mean_sigma = (((uncertainty[:, 0] + uncertainty[:, 1]) + uncertainty[:, 2]) + uncertainty[:, 3]) / F32(4)
-    objectness = flat[:, 8].copy()
-    probs = ((objectness[:, None] * flat[:, 9:]).astype(np.float64)
-             * (1.0 - mean_sigma.astype(np.float64))[:, None]).astype(F32)
-    probs = np.where(probs > thresh, probs, F32(0)).astype(F32)
-    return BoxSet(xywh, objectness, probs, uncertainty)
-
-
-def _logistic(x: np.ndarray) -> np.ndarray:
-    """logistic_activate: 1.f/(1.f + expf(-x)) in float."""
-    return (F32(1) / (F32(1) + np.exp(-x.astype(F32)))).astype(F32)
-
-
-def decode_region(output: np.ndarray, head: HeadSpec, net_wh: Tuple[int, int], image_wh: Tuple[int, int],
-                  thresh: float, hier: float, letter_box: bool) -> BoxSet:
-    """[region] (YOLOv2) output (A, 4+1+classes, H, W) with objectness logistic and classes softmaxed ->
-    one box per cell and anchor (get_region_boxes via custom_get_region_detections: objectness is set to 1
-    for every box, prob = objectness·class kept where > thresh, boxes corrected with correct_yolo_boxes).
-
-    x, y get the logistic here, as get_region_box does; w, h = exp(t)·anchor/grid (anchors in grid cells).
-    `hier` is used only by a softmax tree (YOLO9000), which darkpy does not decode."""
-    if head.has_tree:
-        raise NotImplementedError(f"region head {head.index}: softmax trees (tree=, YOLO9000) are not supported")
-    if head.coords != 4:
-        raise NotImplementedError(f"region head {head.index}: coords={head.coords} (only 4 is supported)")
-    thresh = F32(thresh)
-    cells = _head_cells(output, head, 4)  # every cell: custom_get_region_detections keeps them all
-    flat, anchor_wh = cells.entries, cells.anchor_wh
-    x, y = cells.centre(_logistic(flat[:, 0]), _logistic(flat[:, 1]))
-    w = _exp_scale(flat[:, 2], anchor_wh[:, 0], cells.cols)
-    h = _exp_scale(flat[:, 3], anchor_wh[:, 1], cells.rows)
-    scale = flat[:, 4].copy()
-    if head.classfix == -1:
-        scale = np.where(scale < F32(0.5), F32(0), scale).astype(F32)
-    xywh = correct_boxes(np.stack([x, y, w, h], axis=1).astype(F32), image_wh, net_wh, letter_box)
-    probs = _class_probs(scale, flat[:, 5:], thresh)
-    return BoxSet(xywh, np.ones(len(flat), F32), probs)
-
-
-def decode_head(output: np.ndarray, head: HeadSpec, net_wh: Tuple[int, int], image_wh: Tuple[int, int],
-                thresh: float, hier: float = 0.5, letter_box: bool = False) -> BoxSet:
-    """Decode one head's output (A, E, H, W) for one image, whatever its kind."""
-    if head.kind == "yolo":
-        return decode_yolo(output, head, net_wh, image_wh, thresh, letter_box)
-    if head.kind == "Gaussian_yolo":
-        return decode_gaussian_yolo(output, head, net_wh, image_wh, thresh, letter_box)
-    if head.kind == "region":
-        return decode_region(output, head, net_wh, image_wh, thresh, hier, letter_box)
-    raise ValueError(f"cannot decode a head of kind {head.kind!r}")
-
-
-def get_network_boxes(outputs: Sequence[np.ndarray], heads: Sequence[HeadSpec], net_wh: Tuple[int, int],
+def get_network_boxes(outputs: Sequence[np.ndarray], heads: Sequence[HeadDecoder], net_wh: Tuple[int, int],
                       image_wh: Tuple[int, int], thresh: float, hier: float = 0.5,
                       letter_box: bool = False) -> BoxSet:
-    """All heads of one image, in cfg order (get_network_boxes / fill_network_boxes), before NMS."""
-    parts = [decode_head(o, h, net_wh, image_wh, thresh, hier, letter_box) for o, h in zip(outputs, heads)]
+    """All heads of one image, in cfg order (src/network.c get_network_boxes / fill_network_boxes), before NMS:
+    each head decodes its own output (darkpy.heads: Head.decode)."""
+    parts = [head.decode(o, net_wh, image_wh, thresh, hier, letter_box) for o, head in zip(outputs, heads)]
     return BoxSet.concatenate(parts, heads[0].classes if heads else 0)
 
 

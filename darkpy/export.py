@@ -4,7 +4,7 @@ The graph takes `images`: float32 (B, C, H, W), RGB in [0, 1] at the network siz
 takes (resizing or letterboxing the photo is the caller's job, as in darknet's network_predict). It returns:
 
 - by default, the raw head tensors of `model(x)` in eval(), one per [yolo] / [Gaussian_yolo] / [region] layer,
-  named `<kind>_<layer index>`, shape (B, A, E, H, W): what Darknet's forward leaves in the layer's output
+  named `<section type>_<layer index>`, shape (B, A, E, H, W): what Darknet's forward leaves in the layer's output
   (src/yolo_layer.c forward_yolo_layer, src/region_layer.c forward_region_layer). A classifier returns its last
   layer's output as `output`.
 - with decode=True, `boxes` (B, N, 4) as x1, y1, x2, y2 in network-input pixels and `scores` (B, N, classes) =
@@ -47,74 +47,6 @@ class ExportError(Exception):
 
 # ============================================================================ decoding in torch
 
-def _grid(h: int, w: int, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Column and row index of every cell, shaped to broadcast against (B, A, H, W)."""
-    col = torch.arange(w, dtype=like.dtype, device=like.device).view(1, 1, 1, w)
-    row = torch.arange(h, dtype=like.dtype, device=like.device).view(1, 1, h, 1)
-    return col, row
-
-
-def _anchor_wh(head, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    anchors = head.anchors.to(like)
-    return anchors[:, 0].view(1, -1, 1, 1), anchors[:, 1].view(1, -1, 1, 1)
-
-
-def _decode_yolo(out: torch.Tensor, head, net_w: int, net_h: int):
-    """[yolo]: get_yolo_box (src/yolo_layer.c), boxes relative to the network input; prob = obj * class."""
-    h, w = out.shape[-2:]
-    col, row = _grid(h, w, out)
-    aw, ah = _anchor_wh(head, out)
-    x = (col + out[:, :, 0]) / w
-    y = (row + out[:, :, 1]) / h
-    if head.new_coords:  # the conv before applied the logistic: w = tw^2 * 4 * anchor
-        bw = out[:, :, 2] * out[:, :, 2] * 4 * aw / net_w
-        bh = out[:, :, 3] * out[:, :, 3] * 4 * ah / net_h
-    else:
-        bw = torch.exp(out[:, :, 2]) * aw / net_w
-        bh = torch.exp(out[:, :, 3]) * ah / net_h
-    scores = out[:, :, 4:5] * out[:, :, 5:]
-    return (x, y, bw, bh), scores
-
-
-def _decode_gaussian_yolo(out: torch.Tensor, head, net_w: int, net_h: int):
-    """[Gaussian_yolo]: get_gaussian_yolo_box; prob = obj * class * (1 - mean of the four sigmas)
-    (get_gaussian_yolo_detections)."""
-    h, w = out.shape[-2:]
-    col, row = _grid(h, w, out)
-    aw, ah = _anchor_wh(head, out)
-    x = (col + out[:, :, 0]) / w
-    y = (row + out[:, :, 2]) / h
-    bw = torch.exp(out[:, :, 4]) * aw / net_w
-    bh = torch.exp(out[:, :, 6]) * ah / net_h
-    point = head.options.get("yolo_point", "center")
-    if point == "left_top":
-        x, y = x + bw / 2, y + bh / 2
-    elif point == "right_bottom":
-        x, y = x - bw / 2, y - bh / 2
-    mean_sigma = (out[:, :, 1] + out[:, :, 3] + out[:, :, 5] + out[:, :, 7]) / 4
-    scores = out[:, :, 8:9] * out[:, :, 9:] * (1 - mean_sigma).unsqueeze(2)
-    return (x, y, bw, bh), scores
-
-
-def _decode_region(out: torch.Tensor, head, net_w: int, net_h: int):
-    """[region] (YOLOv2): get_region_box, x, y get the logistic here, anchors in grid cells; prob = objectness *
-    class (custom_get_region_detections; classfix=-1 drops objectness below 0.5)."""
-    h, w = out.shape[-2:]
-    col, row = _grid(h, w, out)
-    aw, ah = _anchor_wh(head, out)
-    x = (col + torch.sigmoid(out[:, :, 0])) / w
-    y = (row + torch.sigmoid(out[:, :, 1])) / h
-    bw = torch.exp(out[:, :, 2]) * aw / w
-    bh = torch.exp(out[:, :, 3]) * ah / h
-    objectness = out[:, :, 4:5]
-    if int(head.options.get("classfix", 0)) == -1:
-        objectness = torch.where(objectness < 0.5, torch.zeros_like(objectness), objectness)
-    return (x, y, bw, bh), objectness * out[:, :, 5:]
-
-
-DECODERS = {"yolo": _decode_yolo, "Gaussian_yolo": _decode_gaussian_yolo, "region": _decode_region}
-
-
 def _detection_order(t: torch.Tensor) -> torch.Tensor:
     """(B, A, K, H, W) -> (B, H*W*A, K): cell by cell, anchors within a cell (Darknet's detection order)."""
     return t.permute(0, 3, 4, 1, 2).reshape(t.shape[0], -1, t.shape[2])
@@ -123,15 +55,16 @@ def _detection_order(t: torch.Tensor) -> torch.Tensor:
 def decode_heads(outputs: Sequence[torch.Tensor], heads: Sequence[nn.Module], net_wh: Tuple[int, int]
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Eval-state head outputs (B, A, E, H, W) -> boxes (B, N, 4) x1, y1, x2, y2 in network-input pixels and
-    scores (B, N, classes), N = sum of H*W*A. The formulas of darkpy.boxes (numpy, Darknet's float order), in
-    torch so that they trace into an ONNX graph; no letterbox correction (the image size is not known here)."""
+    scores (B, N, classes), N = sum of H*W*A. Each head's decode_torch: the formulas of its numpy decode
+    (Darknet's float order), in torch so that they trace into an ONNX graph; no letterbox correction (the image
+    size is not known here)."""
     if len({head.classes for head in heads}) > 1:
         raise ExportError(f"the detection heads have different class counts "
                           f"({', '.join(str(h.classes) for h in heads)}); decoded scores need one")
     net_w, net_h = net_wh
     all_boxes, all_scores = [], []
     for out, head in zip(outputs, heads):
-        (x, y, w, h), scores = DECODERS[head.kind](out, head, net_w, net_h)
+        (x, y, w, h), scores = head.decode_torch(out, net_wh)
         corners = torch.stack([(x - w / 2) * net_w, (y - h / 2) * net_h, (x + w / 2) * net_w,
                                (y + h / 2) * net_h], dim=2)
         all_boxes.append(_detection_order(corners))
@@ -165,7 +98,7 @@ class ExportModule(nn.Module):
             return ["output"]
         if self.decode:
             return list(DECODED_NAMES)
-        return [f"{head.kind}_{head.index}" for head in self.model.heads]
+        return [f"{head.type}_{head.index}" for head in self.model.heads]
 
 
 # ============================================================================ exporter fixes
@@ -345,7 +278,7 @@ def _add_metadata(path: Path, model: nn.Module, decode: bool) -> None:
     import onnx
 
     proto = onnx.load(str(path))
-    heads = [{"name": f"{h.kind}_{h.index}", "kind": h.kind, "index": h.index, "classes": h.classes,
+    heads = [{"name": f"{h.type}_{h.index}", "kind": h.type, "index": h.index, "classes": h.classes,
               "mask": list(h.mask), "anchors": h.anchors.tolist(), "scale_x_y": h.scale_x_y,
               "new_coords": h.new_coords, "nms_kind": h.nms_kind, "beta_nms": h.beta_nms} for h in model.heads]
     entries = {"darkpy_version": __version__, "cfg": os.path.basename(str(model.cfg_path)),

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from .boxes import Detection, HeadSpec, get_network_boxes, nms_sort
+from .boxes import Detection, get_network_boxes, nms_sort
 from .data import DataError, read_image_list
 from .image import ImageError, load_image, network_input
 
@@ -67,7 +67,7 @@ class Detector:
         self.half = bool(half) and self.device.type == "cuda"
         self.letter_box = bool(model.letter_box if letter_box is None else letter_box)
         self.batch_size = max(1, int(batch_size))
-        self.heads = [HeadSpec.from_module(head) for head in model.heads]
+        self.heads = list(model.heads)  # each head decodes its own output (Head.decode)
         last = self.heads[-1]  # test_detector: the nms_kind of the last detection layer decides
         self.nms_kind, self.beta_nms = last.nms_kind, last.beta_nms
         # channels_last: oneDNN's convolutions and max-pools run in NHWC, about twice as fast on the CPU

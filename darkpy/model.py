@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from darkpy.cfg import Section, mark_net_options_read, parse_cfg, warn_unused
+from darkpy.heads import Head as _Head
 from darkpy.layers import LAYER_TYPES, UNSUPPORTED, BuildContext, Layer
-from darkpy.layers.heads import _Head
 
 ModelOutput = Union[List[torch.Tensor], torch.Tensor]
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import ORACLE, SHARED, require
-from darkpy.boxes import (BoxSet, Detection, HeadSpec, box_ciou, box_diou, box_giou, box_iou, correct_boxes,
-                          decode_gaussian_yolo, decode_region, decode_yolo, detection_lines, get_network_boxes,
-                          nms_sort)
+from darkpy.boxes import BoxSet, Detection, correct_boxes, detection_lines, get_network_boxes, nms_sort
+from helpers.heads import gaussian_yolo_head, region_head, yolo_head
+from helpers.torch_boxes import box_ciou, box_diou, box_giou, box_iou
 
 F = np.float32
 REAL = ORACLE / "real-yolov3-tiny"
@@ -26,8 +26,8 @@ def _names():
 
 
 def _oracle_heads(meta: dict, outputs) -> list:
-    return [HeadSpec("yolo", layer["classes"], outputs[f"L{layer['layer_index']}_anchors"], layer["scale_x_y"],
-                     layer["new_coords"], "default", layer["beta_nms"], index=layer["layer_index"])
+    return [yolo_head(layer["classes"], outputs[f"L{layer['layer_index']}_anchors"], layer["scale_x_y"],
+                      layer["new_coords"], layer["beta_nms"], index=layer["layer_index"])
             for layer in meta["yolo_layers"]]
 
 
@@ -119,8 +119,8 @@ def test_region_decode_on_yolov2_output():
     1, in cell-major order; box and probabilities recomputed here from get_region_box's formula."""
     output, anchors = _zoo_outputs("yolov2", 31)
     assert output.shape == (5, 85, 10, 10)
-    head = HeadSpec("region", 80, anchors, index=31)
-    boxes = decode_region(output, head, (320, 320), (768, 576), thresh=0.005, hier=0.5, letter_box=False)
+    head = region_head(80, anchors, index=31)
+    boxes = head.decode(output, (320, 320), (768, 576), thresh=0.005, hier=0.5, letter_box=False)
     assert len(boxes) == 10 * 10 * 5 and (boxes.objectness == 1).all()
     assert ((boxes.xywh[:, :2] >= 0) & (boxes.xywh[:, :2] <= 1)).all() and (boxes.xywh[:, 2:] > 0).all()
     for row, col, anchor in [(0, 0, 0), (3, 7, 2), (9, 9, 4)]:
@@ -140,12 +140,12 @@ def test_new_coords_decode_on_yolov4_csp_output():
     """new_coords=1 (yolov4-csp, scale_x_y=2): w = tw²·4·anchor/netw, no exp; x, y as left by Darknet."""
     from darkpy.model import Darknet
     model = Darknet.from_cfg(require(ORACLE / "yolov4-csp" / "cfg.cfg"))
-    head = HeadSpec.from_module(model.heads[0])
+    head = model.heads[0]
     assert head.new_coords == 1 and head.scale_x_y == 2.0 and head.nms_kind == "diounms"
     output, anchors = _zoo_outputs("yolov4-csp", head.index)
     assert np.array_equal(head.anchors, anchors)
     net_wh = (model.width, model.height)
-    boxes = decode_yolo(output, head, net_wh, net_wh, thresh=0.3, letter_box=False)
+    boxes = head.decode(output, net_wh, net_wh, thresh=0.3, letter_box=False)
     a, _, rows, cols = output.shape
     keep = np.argwhere(output[:, 4] > F(0.3))
     assert len(boxes) == len(keep) > 0
@@ -164,8 +164,8 @@ def test_gaussian_yolo_decode():
     output = np.zeros((1, 9 + 2, 1, 2), F)
     output[0, :, 0, 1] = [0.5, 0.1, 0.25, 0.2, 0.0, 0.3, math.log(2), 0.4, 0.8, 0.5, 0.9]
     output[0, 8, 0, 0] = 0.1  # below thresh
-    head = HeadSpec("Gaussian_yolo", 2, np.array([[32, 16]], F))
-    boxes = decode_gaussian_yolo(output, head, (64, 64), (64, 64), thresh=0.25, letter_box=False)
+    head = gaussian_yolo_head(2, np.array([[32, 16]], F))
+    boxes = head.decode(output, (64, 64), (64, 64), thresh=0.25, letter_box=False)
     assert len(boxes) == 1
     assert np.allclose(boxes.xywh[0], [(1 + 0.5) / 2, 0.25, 0.5, 0.5], rtol=3e-7)
     assert np.allclose(boxes.uncertainty[0], [0.1, 0.2, 0.3, 0.4])

@@ -80,8 +80,8 @@ def test_project_cfg_is_the_zoo_architecture(name):
         assert getattr(a, "activation_name", None) == getattr(b, "activation_name", None), f"layer {a.index}"
         assert getattr(a, "batch_normalize", None) == getattr(b, "batch_normalize", None), f"layer {a.index}"
     for a, b in zip(ours.heads, zoo.heads):
-        assert (a.kind, a.index, a.classes, list(a.mask), a.scale_x_y, a.new_coords, a.nms_kind, a.beta_nms) == \
-               (b.kind, b.index, b.classes, list(b.mask), b.scale_x_y, b.new_coords, b.nms_kind, b.beta_nms)
+        assert (a.type, a.index, a.classes, list(a.mask), a.scale_x_y, a.new_coords, a.nms_kind, a.beta_nms) == \
+               (b.type, b.index, b.classes, list(b.mask), b.scale_x_y, b.new_coords, b.nms_kind, b.beta_nms)
         assert torch.equal(a.all_anchors, b.all_anchors)
         assert numbers_of(a.options) == numbers_of(b.options), f"head at layer {a.index}"
     ours_net = {k: v for k, v in ours.net.items() if k not in NET_KEYS_ALLOWED_TO_DIFFER}

@@ -78,7 +78,7 @@ def test_zoo_fixture_onnx_matches_darkpy_and_darknet(fixture, tmp_path):
 def _network_boxes_xyxy(arrays, model, classes):
     """darkpy.boxes (numpy, Darknet's get_network_boxes) on the same outputs, for one image of network size,
     as x1, y1, x2, y2 pixels and per-class probabilities (threshold -1: every cell and anchor kept)."""
-    specs = [boxes.HeadSpec.from_module(h) for h in model.heads]
+    specs = list(model.heads)
     net_wh = (model.width, model.height)
     found = boxes.get_network_boxes(arrays, specs, net_wh, net_wh, thresh=-1.0)
     x, y, w, h = (found.xywh[:, i] for i in range(4))

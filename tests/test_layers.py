@@ -294,7 +294,7 @@ groups=2
 [cost]
 """
     model = build(tmp_path, body, w=16, h=16, c=3)
-    assert [h.kind for h in model.heads] == ["yolo", "region", "Gaussian_yolo"]
+    assert [h.type for h in model.heads] == ["yolo", "region", "Gaussian_yolo"]
     model.train()
     x = torch.rand(2, 3, 16, 16, requires_grad=True)
     outs = model.forward_layers(x)

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from darkpy import boxes
+from darkpy.boxes import dx_box_iou
 from darkpy.cfg import parse_cfg_text
-from darkpy.loss import DarknetLoss, LossError, RegionLossOptions, dx_box_iou, region_deltas
+from darkpy.training.loss import DarknetLoss, LossError
 from darkpy.model import Darknet
+from helpers.heads import region_head
 
 NET = 64
 ANCHORS = [(10, 14), (23, 27), (37, 58)]
@@ -290,13 +292,13 @@ def test_unsupported_heads_and_options():
 
 def test_region_positive_deltas_by_hand():
     anchors = np.array([[1.0, 1.0], [2.0, 3.0]], np.float32)  # grid cells
-    opt = RegionLossOptions(classes=2, anchors=anchors, bias_match=1, object_scale=5, noobject_scale=1,
-                            class_scale=1, coord_scale=1)
+    head = region_head(2, anchors, bias_match=1, object_scale=5, noobject_scale=1, class_scale=1,
+                       coord_scale=1)
     out = np.zeros((1, 2, 7, 2, 2), np.float32)
     out[:, :, 4] = 0.5  # activated objectness
     out[:, :, 5:] = 0.5  # softmax over 2 classes at equal logits
     truths = np.array([[(0.3, 0.7, 0.9, 1.4, 1)]], np.float32)  # 1.8 x 2.8 cells: anchor 1 fits best
-    delta, stats = region_deltas(out, truths, opt, seen=100000)
+    delta, stats = head.deltas(out, truths, (NET, NET), seen=100000)
     sig = 0.5
     d = delta[0, 1, :, 1, 0]
     assert d[0] == pytest.approx((0.3 * 2 - 0 - sig) * sig * (1 - sig), rel=1e-5)
@@ -308,7 +310,7 @@ def test_region_positive_deltas_by_hand():
     assert delta[0, 0, 4, 0, 0] == pytest.approx(-0.5 * 0.25)  # noobject
     assert stats.cost == pytest.approx(float((delta.astype(np.float64) ** 2).sum()), rel=1e-6)
     # early training (seen < 12800) pulls every prediction towards its anchor prior with scale .01
-    early, _ = region_deltas(out, truths, opt, seen=0)
+    early, _ = head.deltas(out, truths, (NET, NET), seen=0)
     assert early[0, 0, 0, 0, 0] == pytest.approx(0.01 * (0.5 - sig) * 0.25)
     assert early[0, 0, 2, 0, 0] == pytest.approx(0.0)
     np.testing.assert_allclose(early[0, 1, :, 1, 0], d)  # the positive overwrites the prior term

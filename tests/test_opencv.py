@@ -10,7 +10,7 @@ the released COCO weights on a photo:
   Tolerance: max|OpenCV - darkpy| <= 1e-4 * max|darkpy| + 1e-6 (the oracle's, as both fold batch norm);
 - each [yolo]/[region] head through OpenCV's decoded rows (one per cell and anchor: centre x, y, w, h relative
   to the input, objectness, objectness x class score where above the layer's `thresh` (0.2 for [yolo], the
-  cfg's 0.6 for these [region]s), else 0), against darkpy's own decoder (darkpy.boxes.decode_head). For
+  cfg's 0.6 for these [region]s), else 0), against darkpy's own decoder (the head's decode). For
   [region] OpenCV also runs Darknet's per-class NMS (do_nms_sort) at IoU 0.4 inside the layer, so darkpy's
   nms_sort at 0.4 is applied before comparing.
 
@@ -42,7 +42,7 @@ import pytest
 import torch
 
 from conftest import ORACLE, REPO, SHARED, require
-from darkpy.boxes import HeadSpec, decode_head, nms_sort
+from darkpy.boxes import nms_sort
 from darkpy.cfg import CfgWarning
 from darkpy.model import Darknet
 
@@ -123,7 +123,7 @@ def seed_weights(model: Darknet, calibration: torch.Tensor) -> None:
     for layer in layers:
         layer.bn_momentum = 0.1
     for head in model.heads:
-        if head.kind == "region":
+        if head.type == "region":
             sharpen_region_classes(model, head)
     model.eval()
 
@@ -180,11 +180,11 @@ def assert_close(ours: np.ndarray, theirs: np.ndarray, what: str) -> None:
 
 
 def head_output_name(head) -> str:
-    return "detection_out" if head.kind == "region" else f"yolo_{head.index}"
+    return "detection_out" if head.type == "region" else f"yolo_{head.index}"
 
 
 def region_boxes_after_nms(boxes):
-    """decode_region's boxes (every cell and anchor, in row order) after nms_sort, put back in row order.
+    """RegionLayer.decode's boxes (every cell and anchor, in row order) after nms_sort, put back in row order.
 
     nms_sort returns the boxes in Darknet's sorted order; the row index rides along in the `uncertainty`
     field, which [region] boxes do not use."""
@@ -196,7 +196,7 @@ def region_boxes_after_nms(boxes):
 
 def opencv_class_thresh(head) -> float:
     """The class-score threshold of OpenCV's layer: the cfg's `thresh` for [region], 0.2 for [yolo]."""
-    if head.kind == "region":
+    if head.type == "region":
         return float(head.options.get("thresh", OPENCV_YOLO_THRESH))
     return OPENCV_YOLO_THRESH
 
@@ -212,11 +212,11 @@ def compare_head(model: Darknet, head, output: np.ndarray, rows: np.ndarray) -> 
     assert_close(cells[:, 4], rows[:, 4], f"head {head.index} objectness")
     # Scores within float rounding of the threshold may be kept by one side and dropped by the other.
     clear = np.abs(cells[:, 4:5] * cells[:, 5:] - thresh) > 1e-4
-    boxes = decode_head(output, HeadSpec.from_module(head), net_wh, net_wh, thresh=thresh)
-    if head.kind == "region":  # every cell and anchor
+    boxes = head.decode(output, net_wh, net_wh, thresh=thresh)
+    if head.type == "region":  # every cell and anchor
         boxes = region_boxes_after_nms(boxes)
         kept = np.ones(len(rows), bool)
-    else:  # decode_yolo keeps the boxes with objectness > thresh; OpenCV's other rows must score 0
+    else:  # YoloLayer.decode keeps the boxes with objectness > thresh; OpenCV's other rows must score 0
         kept = cells[:, 4] > thresh
         assert not rows[~kept, 5:][clear[~kept]].any(), f"head {head.index}: scores where objectness <= thresh"
     theirs = rows[kept]

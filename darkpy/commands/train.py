@@ -5,7 +5,7 @@ import sys
 
 from darkpy.cfg import CfgError
 from darkpy.data import DataError
-from darkpy.loss import LossError
+from darkpy.training.loss import LossError
 from darkpy.training.schedule import ScheduleError
 from darkpy.training.settings import TrainError, TrainOptions
 from darkpy.training.trainer import Trainer

@@ -13,7 +13,8 @@ from typing import List, Optional, Sequence, Union
 
 from darkpy.cfg import Section, parse_cfg
 from darkpy.layers import LAYER_TYPES
-from darkpy.layers.heads import _Head
+from darkpy.heads import Head
+from darkpy.heads.base import ATTRIBUTE_NAMES, COMMON_OPTIONS, read_options
 from darkpy.training.schedule import LearningRatePolicy, OptimizerSettings
 
 MIXUP_NONE, MIXUP_BLEND, MIXUP_MOSAIC = 0, 1, 3
@@ -132,7 +133,7 @@ class AugmentConfig:
         """Settings from parsed cfg sections alone, without building the network (a cfg whose layers need not fit
         together): [net] and the options of the last head section, read with Darknet's defaults."""
         heads = [s for s in sections if isinstance(LAYER_TYPES.get(s.type), type)
-                 and issubclass(LAYER_TYPES[s.type], _Head)]
+                 and issubclass(LAYER_TYPES[s.type], Head)]
         if not heads:
             raise sections[0].error("the cfg has no [yolo] or [region] layer to train")
         return cls.from_net_and_head(sections[0], _HeadSection(heads[-1]))
@@ -148,10 +149,8 @@ class _HeadSection:
 
     def __init__(self, section: Section):
         self.classes = section.get_int("classes", 20)
-        self.jitter = section.get_float("jitter", 0.2)
-        self.resize = section.get_float("resize", 1.0)
-        self.random = section.get_float("random", 0.0)
-        self.max_boxes = section.get_int("max", 200)
+        for key, value in read_options(section, COMMON_OPTIONS).items():
+            setattr(self, ATTRIBUTE_NAMES.get(key, key), value)
 
 
 def _detection_mixup_mode(net: Section) -> int:

@@ -2,7 +2,7 @@
 
 One iteration = `batch` images drawn with replacement from the train list, fed as `subdivisions` mini-batches whose
 gradients are summed, then one update (darkpy.training.schedule) at the learning rate of the iteration number;
-training stops at `max_batches`. The loss is Darknet's (darkpy.loss). Snapshots (darkpy.training.checkpoints):
+training stops at `max_batches`. The loss is Darknet's (darkpy.training.loss). Snapshots (darkpy.training.checkpoints):
 `<cfg>_last.weights` every `savelast` (100) iterations, `<cfg>_<N>.weights` every `saveweights` (1000, or 10000
 when max_batches >= 10000), `<cfg>_best.weights` with --map, `<cfg>_final.weights` at the end. Ctrl-C saves
 `_last` and stops. Multi-scale training follows the last head's `random` (a new size every 10 iterations).
@@ -23,7 +23,6 @@ import torch
 from tqdm import tqdm
 
 from darkpy.inference import Detector
-from darkpy.loss import format_head_line
 from darkpy.metrics import MapAccumulator
 from darkpy.training.build import build_training
 from darkpy.training.chart import Chart
@@ -193,8 +192,8 @@ class Trainer:
             self.scaler.scale(result.surrogate).backward()
             cost_sum += result.cost
             if self.options.verbose:
-                for head, opt, stats in zip(self.model.heads, self.loss.options, result.heads):
-                    self._print(format_head_line(opt, stats, head.index))
+                for head, stats in zip(self.model.heads, result.heads):
+                    self._print(head.loss_line(stats, head.index))
         self.dist.sum_gradients(self.model)
         cost_sum = self.dist.mean_loss(cost_sum, self.device)
         number = iteration + 1  # Darknet's cur_iteration is incremented before update_network

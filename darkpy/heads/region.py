@@ -1,0 +1,203 @@
+"""[region] (src/region_layer.c, YOLOv2): activation, decoding and loss. No softmax tree (YOLO9000)."""
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+
+from darkpy.boxes import F32, BoxSet, box_iou, correct_boxes
+from darkpy.cfg import Section
+from darkpy.heads.base import (COMMON_OPTIONS, Head, HeadLoss, TorchBoxes, as_box, best_truth_per_cell, c_exp, c_log,
+                               class_probs, exp_scale, first_max_index, logistic, valid_counts)
+from darkpy.layers.base import BuildContext, register
+
+# Options Darknet reads in parse_region with their defaults.
+REGION_OPTIONS: Dict[str, object] = {
+    **COMMON_OPTIONS, "log": 0, "sqrt": 0, "softmax": 0, "focal_loss": 0, "rescore": 0, "thresh": 0.5,
+    "classfix": 0, "absolute": 0, "coord_scale": 1.0, "object_scale": 1.0, "noobject_scale": 1.0, "mask_scale": 1.0,
+    "class_scale": 1.0, "bias_match": 0, "background": 0,
+}
+
+
+@register("region")
+class RegionLayer(Head):
+    """YOLOv2: anchors in grid cells; the logistic on objectness, softmax over classes; x, y, w, h raw."""
+
+    OPTIONS = REGION_OPTIONS
+    softmax: int
+    thresh: float
+    classfix: int
+    rescore: int
+    bias_match: int
+    focal_loss: int
+    coord_scale: float
+    object_scale: float
+    noobject_scale: float
+    class_scale: float
+
+    def __init__(self, section: Section, ctx: BuildContext):
+        super().__init__(section, ctx)
+        s = section
+        self.coords = s.get_int("coords", 4)
+        if self.coords != 4:
+            raise s.error("only coords=4 is supported by darkpy", "coords")
+        if s.has("tree"):
+            raise s.error("hierarchical softmax (tree, YOLO9000) is not supported by darkpy", "tree")
+        self._read_anchors(s, default_mask=False)
+        self._read_options(s)
+        if self.background:
+            raise s.error("background=1 is not supported by darkpy", "background")
+        self._check_filters(s, "classes")
+
+    def activate(self, raw: torch.Tensor) -> torch.Tensor:
+        """forward_region_layer: the logistic on objectness, softmax over the classes (softmax=1)."""
+        obj = torch.sigmoid(raw[:, :, 4:5])
+        cls = torch.softmax(raw[:, :, 5:], dim=2) if self.softmax else raw[:, :, 5:]
+        return torch.cat([raw[:, :, :4], obj, cls], dim=2)
+
+    # ---- decoding ---------------------------------------------------------------------------------------------
+    def decode(self, output: np.ndarray, net_wh: Tuple[int, int], image_wh: Tuple[int, int], thresh: float,
+               hier: float = 0.5, letter_box: bool = False) -> BoxSet:
+        """One box per cell and anchor (src/region_layer.c get_region_boxes via src/network.c
+        custom_get_region_detections: objectness is set to 1 for every box, prob = objectness·class kept where
+        > thresh, boxes corrected with correct_yolo_boxes).
+
+        x, y get the logistic here, as get_region_box does; w, h = exp(t)·anchor/grid (anchors in grid cells).
+        `hier` is used only by a softmax tree (YOLO9000), which darkpy refuses at build."""
+        thresh = F32(thresh)
+        cells = self._cells(output)  # every cell: custom_get_region_detections keeps them all
+        flat, anchor_wh = cells.entries, cells.anchor_wh
+        x, y = cells.centre(logistic(flat[:, 0]), logistic(flat[:, 1]))
+        w = exp_scale(flat[:, 2], anchor_wh[:, 0], cells.cols)
+        h = exp_scale(flat[:, 3], anchor_wh[:, 1], cells.rows)
+        scale = flat[:, 4].copy()
+        if self.classfix == -1:
+            scale = np.where(scale < F32(0.5), F32(0), scale).astype(F32)
+        xywh = correct_boxes(np.stack([x, y, w, h], axis=1).astype(F32), image_wh, net_wh, letter_box)
+        probs = class_probs(scale, flat[:, 5:], thresh)
+        return BoxSet(xywh, np.ones(len(flat), F32), probs)
+
+    def decode_torch(self, out: torch.Tensor, net_wh: Tuple[int, int]) -> TorchBoxes:
+        """get_region_box, x, y get the logistic here, anchors in grid cells; prob = objectness * class
+        (custom_get_region_detections; classfix=-1 drops objectness below 0.5)."""
+        h, w = out.shape[-2:]
+        col, row, aw, ah = self._grid_torch(out)
+        x = (col + torch.sigmoid(out[:, :, 0])) / w
+        y = (row + torch.sigmoid(out[:, :, 1])) / h
+        bw = torch.exp(out[:, :, 2]) * aw / w
+        bh = torch.exp(out[:, :, 3]) * ah / h
+        objectness = out[:, :, 4:5]
+        if self.classfix == -1:
+            objectness = torch.where(objectness < 0.5, torch.zeros_like(objectness), objectness)
+        return (x, y, bw, bh), objectness * out[:, :, 5:]
+
+    # ---- training ---------------------------------------------------------------------------------------------
+    def deltas(self, out: np.ndarray, truths: np.ndarray, net_wh: Tuple[int, int], seen: int
+               ) -> Tuple[np.ndarray, HeadLoss]:
+        """src/region_layer.c forward_region_layer in training (CPU, no softmax tree).
+
+        `out` is as activate() leaves it: x, y, w, h raw, logistic on the objectness, softmax over the classes.
+        The prior-matching term applies while seen < 12800; the network size is not used (anchors in cells).
+        """
+        out = np.asarray(out, dtype=np.float32)
+        B, A, E, H, W = out.shape
+        truths = np.asarray(truths, dtype=np.float32)[:, :, :5]
+        counts = valid_counts(truths)
+        delta = np.zeros_like(out)
+        stats = HeadLoss(cost=0.0, batch=B)
+        anchors = self.anchor_array()  # a [region]'s mask is every anchor
+
+        # decode every cell: x = (i + sigmoid(tx)) / W, w = exp(tw) * anchor_w / W  (get_region_box, DOABS)
+        gx = np.arange(W, dtype=np.float32)[None, None, None, :]
+        gy = np.arange(H, dtype=np.float32)[None, None, :, None]
+        sx, sy = logistic(out[:, :, 0]), logistic(out[:, :, 1])
+        with np.errstate(over="ignore"):
+            pw = np.exp(out[:, :, 2]) * anchors[None, :A, 0, None, None] / W
+            ph = np.exp(out[:, :, 3]) * anchors[None, :A, 1, None, None] / H
+        pred = np.stack([(gx + sx) / W, (gy + sy) / H, pw, ph], axis=-1)
+        class_ids = truths[:, :, 4].astype(np.int64)
+        # region's loop skips class ids >= classes (negative ones are kept) before testing for the end of the list
+        best_iou, best_t = best_truth_per_cell(pred, truths, counts, self.classes, skip_negative_classes=False)
+
+        obj = out[:, :, 4]
+        grad = obj * (1 - obj)  # logistic_gradient of the activated objectness
+        if self.classfix == -1:
+            delta[:, :, 4] = self.noobject_scale * ((best_iou - obj) * grad)
+        else:
+            delta[:, :, 4] = np.where(best_iou > self.thresh, np.float32(0), self.noobject_scale * ((0 - obj) * grad))
+            if self.classfix > 0:
+                for b, n, j, i in zip(*np.nonzero(best_iou > self.thresh)):
+                    scale = self.class_scale * (float(obj[b, n, j, i]) if self.classfix == 2 else 1.0)
+                    self._class_delta(out, delta, b, n, j, i, int(class_ids[b, best_t[b, n, j, i]]), scale)
+        if seen < 12800:
+            # early training: pull every box towards its anchor at the cell centre, scale .01
+            prior_x = (np.arange(W, dtype=np.float32)[None, :] + 0.5) / W
+            prior_y = (np.arange(H, dtype=np.float32)[:, None] + 0.5) / H
+            tx = prior_x * W - np.arange(W)[None, :]
+            ty = prior_y * H - np.arange(H)[:, None]
+            delta[:, :, 0] = 0.01 * (tx[None, None] - sx) * (sx * (1 - sx))
+            delta[:, :, 1] = 0.01 * (ty[None, None] - sy) * (sy * (1 - sy))
+            # tw = log((anchor/W) * W / anchor) = 0
+            delta[:, :, 2] = 0.01 * (0 - out[:, :, 2])
+            delta[:, :, 3] = 0.01 * (0 - out[:, :, 3])
+
+        for b in range(B):
+            for t in range(int(counts[b])):
+                self._positive(out, delta, b, truths[b, t], anchors, stats)
+
+        stats.cost = float(np.square(delta, dtype=np.float64).sum())
+        return delta, stats
+
+    def _class_delta(self, out: np.ndarray, delta: np.ndarray, b: int, n: int, j: int, i: int, class_id: int,
+                     scale: float) -> None:
+        """delta_region_class without a tree: softmax cross-entropy gradient, or Darknet's focal variant."""
+        p = out[b, n, 5:, j, i]
+        target = np.zeros_like(p)
+        target[class_id] = 1
+        d = scale * (target - p)
+        if self.focal_loss:
+            pt = float(p[class_id]) + 0.000000000000001
+            d = d * (0.5 * (-(1 - pt) * (2 * pt * c_log(pt) + pt - 1)))
+        delta[b, n, 5:, j, i] = d
+
+    def _positive(self, out: np.ndarray, delta: np.ndarray, b: int, truth_row: np.ndarray, anchors: np.ndarray,
+                  stats: HeadLoss) -> None:
+        """One truth: its best anchor at its cell gets the coordinate, objectness and class deltas."""
+        class_id = int(truth_row[4])
+        if class_id >= self.classes:
+            stats.wrong_labels += 1
+            return
+        x, y, w, h = (float(v) for v in truth_row[:4])
+        A, H, W = out.shape[1], out.shape[3], out.shape[4]
+        i = min(int(np.float32(x) * np.float32(W)), W - 1)
+        j = min(int(np.float32(y) * np.float32(H)), H - 1)
+        if self.bias_match:
+            sizes_w, sizes_h = anchors[:A, 0] / np.float32(W), anchors[:A, 1] / np.float32(H)
+        else:
+            with np.errstate(over="ignore"):
+                sizes_w = np.exp(out[b, :, 2, j, i]) * anchors[:A, 0] / np.float32(W)
+                sizes_h = np.exp(out[b, :, 3, j, i]) * anchors[:A, 1] / np.float32(H)
+        shapes = np.zeros((A, 4), dtype=np.float32)
+        shapes[:, 2], shapes[:, 3] = sizes_w, sizes_h
+        best_n = first_max_index(box_iou(shapes, as_box((0.0, 0.0, w, h))))
+        o = out[b, best_n, :, j, i]
+        sx, sy = 1 / (1 + c_exp(-float(o[0]))), 1 / (1 + c_exp(-float(o[1])))
+        pred = ((i + sx) / W, (j + sy) / H, c_exp(float(o[2])) * float(anchors[best_n, 0]) / W,
+                c_exp(float(o[3])) * float(anchors[best_n, 1]) / H)
+        iou = float(box_iou(as_box(pred), as_box((x, y, w, h))))
+        s = self.coord_scale
+        d = delta[b, best_n, :, j, i]
+        d[0] = s * (x * W - i - sx) * (sx * (1 - sx))
+        d[1] = s * (y * H - j - sy) * (sy * (1 - sy))
+        d[2] = s * (c_log(w * W / float(anchors[best_n, 0])) - float(o[2]))
+        d[3] = s * (c_log(h * H / float(anchors[best_n, 1])) - float(o[3]))
+        obj = float(o[4])
+        target = iou if self.rescore else 1.0
+        d[4] = self.object_scale * (target - obj) * (obj * (1 - obj))
+        self._class_delta(out, delta, b, best_n, j, i, class_id, self.class_scale)
+        stats.count += 1
+        stats.tot_iou += iou
+        stats.total_bbox += 1
+
+    def loss_line(self, stats: HeadLoss, index: int) -> str:
+        """forward_region_layer's `Region Avg IOU: ..., count: ...` line."""
+        return f"Region Avg IOU: {stats.avg_iou:f}, count: {stats.count}"
