@@ -25,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from darkpy.inference import Detector, Source, iterate_frames  # noqa: E402
+from darkpy.evaluation.inference import Detector, Source, iterate_frames  # noqa: E402
 from darkpy.model import Darknet  # noqa: E402
 
 
