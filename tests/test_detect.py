@@ -265,6 +265,18 @@ def test_detect_arrays_batches_and_keeps_training_state(model, names):
         assert lines == _meta(stem, "detections_map.json")["cli_ext_output_lines"]
 
 
+def test_detector_never_changes_the_model_it_is_handed(model):
+    """A model being trained can be evaluated: the Detector leaves its parameters (memory format, device,
+    dtype) alone; a device or dtype the model does not have is served by a converted copy."""
+    from darkpy.evaluation.inference import Detector
+    weight = model.layers[0].weight
+    before = (weight.stride(), weight.device, weight.dtype)
+    detector = Detector(model, device="cpu")
+    detector.forward(np.zeros((1, 3, model.height, model.width), np.float32))
+    assert detector.model is model and not detector.channels_last
+    assert model.layers[0].weight is weight and (weight.stride(), weight.device, weight.dtype) == before
+
+
 def test_default_run_uses_the_bundled_files(tmp_path, capsys, monkeypatch):
     """`python detect.py` with no arguments: the project's cfg, weights, names and data/images."""
     for path in (detect.DEFAULT_CFG, detect.DEFAULT_WEIGHTS, detect.DEFAULT_NAMES, detect.DEFAULT_SOURCE):

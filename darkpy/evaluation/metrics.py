@@ -483,6 +483,7 @@ def coco_evaluate(accumulator: MapAccumulator, names: Sequence[str],
                   image_ids: Optional[Sequence[int]] = None) -> CocoResult:
     """COCO bbox metrics (AP@[.5:.95], AP50, AP75, small/medium/large, AR) of the accumulated detections,
     computed by pycocotools against the accumulated truths (darknet itself leaves this to pycocotools)."""
+    # optional dependency, needed only for --coco: imported when used
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
