@@ -7,7 +7,7 @@ Run by hand (it is not a test):
 
 Both pipelines read every image from disk, run the network at --size and do their NMS; the images are the
 files of --images cycled up to --count. darkpy: image reading and Darknet's resize in a background thread
-(darkpy.inference.iterate_frames), batched forward, Darknet's decoding and do_nms_sort. OpenCV:
+(darkpy.evaluation.inference.iterate_frames), batched forward, Darknet's decoding and do_nms_sort. OpenCV:
 cv2.dnn.readNetFromDarknet, imread, blobFromImage (cv::resize, not Darknet's resize), forward, per-class
 NMSBoxes. Prints a table with images/s and the ratio darkpy / OpenCV.
 """
