@@ -48,8 +48,7 @@ def run_darkpy(detector: Detector, paths: Sequence[str], thresh: float, nms: flo
     start = time.perf_counter()
     frames = iterate_frames([Source("image", p) for p in paths], detector.preprocess)
     for batch in batched(frames, detector.batch_size):
-        detector.detect_inputs(np.stack([f.input for f in batch]),
-                               [(f.image.shape[1], f.image.shape[0]) for f in batch], thresh, 0.5, nms)
+        detector.detect_frames(batch, thresh, 0.5, nms)
     return time.perf_counter() - start
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from darkpy.boxes import Detection, best_shown_class, detection_lines
-from darkpy.commands.common import EXIT_USAGE, INPUT_ERRORS, build_detector, fail
+from darkpy.commands.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, INPUT_ERRORS, build_detector, fail
 from darkpy.data import read_data_config, read_names
 from darkpy.evaluation.inference import (
     LIST_EXTENSIONS,
@@ -244,15 +244,16 @@ class OutputWriter:
 
 # ============================================================================ the run
 
-def _report(frame, detections: Sequence[Detection], milliseconds: float, names: Sequence[str], args,
-            echo) -> None:
+def _report(frame: Frame, detections: Sequence[Detection], milliseconds: float, names: Sequence[str],
+            args: argparse.Namespace, echo: Callable[[str], None]) -> None:
+    """test_detector's lines for one image: the timing, then draw_detections_v3's lines."""
     echo(f"{frame.name}: Predicted in {milliseconds:f} milli-seconds.")
     height, width = frame.image.shape[:2]
     for line in detection_lines(detections, names, width, height, args.thresh, args.ext_output):
         echo(line)
 
 
-def _progress_bar(sources, frame_total: Optional[int], specs: Sequence[str]):
+def _progress_bar(sources: Sequence[Source], frame_total: Optional[int], specs: Sequence[str]) -> Any:
     """A tqdm bar when the input is a folder, list, pattern, video or camera; plain output for single images."""
     many = any(s.kind != "image" for s in sources) or any(
         os.path.isdir(p) or Path(p).suffix.lower() in LIST_EXTENSIONS or not os.path.exists(p) and "*" in p
@@ -265,9 +266,7 @@ def _progress_bar(sources, frame_total: Optional[int], specs: Sequence[str]):
 def _process_batch(detector: Detector, batch: List[Frame], names: Sequence[str], args: argparse.Namespace,
                    writer: OutputWriter, echo: Callable[[str], None]) -> None:
     start = time.perf_counter()
-    results = detector.detect_inputs(np.stack([f.input for f in batch]),
-                                     [(f.image.shape[1], f.image.shape[0]) for f in batch],
-                                     args.thresh, args.hier, args.nms)
+    results = detector.detect_frames(batch, args.thresh, args.hier, args.nms)
     per_image_ms = (time.perf_counter() - start) * 1000 / len(batch)
     for frame, detections in zip(batch, results):
         _report(frame, detections, per_image_ms, names, args, echo)
@@ -344,4 +343,4 @@ def run(args: argparse.Namespace) -> int:
           + (f"; {skipped} input(s) skipped" if skipped else ""))
     if counts.processed and not args.no_save:
         print(f"annotated results in {writer.save_dir}")
-    return 0 if counts.processed else 1
+    return EXIT_OK if counts.processed else EXIT_FAILED

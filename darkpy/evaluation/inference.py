@@ -144,6 +144,12 @@ class Detector:
         return [self.postprocess([o[i] for o in outputs], image_sizes[i], thresh, hier, nms)
                 for i in range(len(image_sizes))]
 
+    def detect_frames(self, frames: Sequence["Frame"], thresh: float = 0.25, hier: float = 0.5,
+                      nms: float = 0.45) -> List[List[Detection]]:
+        """Frames read with `preprocess` (their `input` set) -> their detections, in one forward pass."""
+        return self.detect_inputs(np.stack([frame.input for frame in frames]), [frame.size for frame in frames],
+                                  thresh, hier, nms)
+
     def detect_arrays(self, images: Sequence[np.ndarray], thresh: float = 0.25, hier: float = 0.5,
                       nms: float = 0.45) -> List[List[Detection]]:
         """HxWx3 uint8 RGB images -> for each, its detections (boxes relative to that image), in batches of
@@ -177,6 +183,11 @@ class Frame:
     error: Optional[str] = None
     frame_index: int = 0
     fps: float = 0.0
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        """(width, height) of the image as read."""
+        return self.image.shape[1], self.image.shape[0]
 
 
 def _is_glob(text: str) -> bool:

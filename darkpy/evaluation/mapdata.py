@@ -95,11 +95,10 @@ class ImageDetections:
 
 def _detect_batch(detector: Any, frames: List[Tuple[int, Frame]]) -> List[ImageDetections]:
     """(index in the valid list, Frame) pairs -> their detections at map's settings."""
-    sizes = [(frame.image.shape[1], frame.image.shape[0]) for _, frame in frames]
-    results = detector.detect_inputs(np.stack([frame.input for _, frame in frames]), sizes,
-                                     thresh=MAP_DETECTION_THRESH, hier=MAP_HIER_THRESH, nms=MAP_NMS_THRESH)
-    return [ImageDetections(index, frame.name, size, list(detections))
-            for (index, frame), size, detections in zip(frames, sizes, results)]
+    results = detector.detect_frames([frame for _, frame in frames], thresh=MAP_DETECTION_THRESH,
+                                     hier=MAP_HIER_THRESH, nms=MAP_NMS_THRESH)
+    return [ImageDetections(index, frame.name, frame.size, list(detections))
+            for (index, frame), detections in zip(frames, results)]
 
 
 def iterate_detections(detector: Any, image_paths: Sequence[str], batch: int, problems: DataProblems,
