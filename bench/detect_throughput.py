@@ -7,7 +7,7 @@ Run by hand (it is not a test):
 
 Both pipelines read every image from disk, run the network at --size and do their NMS; the images are the
 files of --images cycled up to --count. darkpy: image reading and Darknet's resize in a background thread
-(darkpy.inference.iterate_frames), batched forward, Darknet's decoding and do_nms_sort. OpenCV:
+(darkpy.evaluation.inference.iterate_frames), batched forward, Darknet's decoding and do_nms_sort. OpenCV:
 cv2.dnn.readNetFromDarknet, imread, blobFromImage (cv::resize, not Darknet's resize), forward, per-class
 NMSBoxes. Prints a table with images/s and the ratio darkpy / OpenCV.
 """
@@ -25,7 +25,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from darkpy.inference import Detector, Source, iterate_frames  # noqa: E402
+from darkpy.evaluation.inference import (  # noqa: E402
+    Detector,
+    Source,
+    batched,
+    iterate_frames,
+    prepare_for_inference,
+)
 from darkpy.model import Darknet  # noqa: E402
 
 
@@ -40,16 +46,9 @@ def _image_paths(folder: str, count: int) -> List[str]:
 def run_darkpy(detector: Detector, paths: Sequence[str], thresh: float, nms: float) -> float:
     """Seconds for the whole darkpy pipeline over the paths."""
     start = time.perf_counter()
-    batch = []
-    for frame in iterate_frames([Source("image", p) for p in paths], detector.preprocess):
-        batch.append(frame)
-        if len(batch) == detector.batch_size:
-            detector.detect_inputs(np.stack([f.input for f in batch]),
-                                   [(f.image.shape[1], f.image.shape[0]) for f in batch], thresh, 0.5, nms)
-            batch = []
-    if batch:
-        detector.detect_inputs(np.stack([f.input for f in batch]),
-                               [(f.image.shape[1], f.image.shape[0]) for f in batch], thresh, 0.5, nms)
+    frames = iterate_frames([Source("image", p) for p in paths], detector.preprocess)
+    for batch in batched(frames, detector.batch_size):
+        detector.detect_frames(batch, thresh, 0.5, nms)
     return time.perf_counter() - start
 
 
@@ -101,11 +100,12 @@ def main() -> None:
     model = Darknet.from_cfg(args.cfg, width=args.size, height=args.size)
     model.load_weights(args.weights)
     model.fuse().eval()
+    prepare_for_inference(model, args.device)  # channels_last on the device, as `darkpy detect` runs it
     rows = []
     opencv_seconds = run_opencv(args.cfg, args.weights, paths, args.size, args.thresh, args.nms)
     rows.append(("OpenCV DNN", 1, opencv_seconds))
     for batch in args.batch:
-        detector = Detector(model, device=args.device, batch_size=batch)
+        detector = Detector(model, device=None, batch_size=batch)
         run_darkpy(detector, paths[:batch], args.thresh, args.nms)  # warm-up
         rows.append(("darkpy", batch, run_darkpy(detector, paths, args.thresh, args.nms)))
 

@@ -70,7 +70,8 @@ def time_breakdown(data: Path, cfg: Path, weights: Path, batch: int, device: str
     from argparse import Namespace
 
     from darkpy.data import DataProblems
-    from darkpy.evaluate import accumulate_map, build_detector, iterate_detections, load_map_dataset
+    from darkpy.commands.common import build_detector
+    from darkpy.evaluation.mapdata import accumulate_map, iterate_detections, load_map_dataset
 
     dataset = load_map_dataset(str(data))  # the in-process rows: wall seconds only
     _, detector = build_detector(Namespace(cfg=str(cfg), weights=str(weights), width=None, height=None,

@@ -21,7 +21,7 @@ from typing import List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
-from .image import letterbox_size
+from darkpy.image import letterbox_size
 
 Array = np.ndarray
 F32 = np.float32

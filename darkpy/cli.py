@@ -11,16 +11,17 @@ from typing import List, Optional
 # a value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# subcommand -> (module, one-line help). Modules are imported only when their subcommand runs.
+# subcommand -> (module, one-line help). Modules are imported only when their subcommand runs. `train` stays
+# darkpy.train until training moves to darkpy/training/ and darkpy/commands/train.py.
 COMMANDS = {
-    "detect": ("darkpy.detect", "detect objects in images, folders, lists and videos (darknet detector test/demo)"),
-    "map": ("darkpy.evaluate", "mean average precision on a .data file's valid list (darknet detector map)"),
+    "detect": ("darkpy.commands.detect", "detect objects in images, folders, lists and videos (darknet detector test/demo)"),
+    "map": ("darkpy.commands.map", "mean average precision on a .data file's valid list (darknet detector map)"),
     "train": ("darkpy.commands.train", "train a cfg on a darknet dataset (darknet detector train)"),
-    "summary": ("darkpy.summary", "layer table, BFLOPs and parameter count of a cfg"),
-    "partial": ("darkpy.partial", "copy the first N layers of a weights file (darknet partial)"),
-    "paths": ("darkpy.paths", "gradient-path analysis of a cfg"),
-    "export": ("darkpy.export", "export a cfg and weights to ONNX"),
-    "make-dataset": ("darkpy.shapes", "write a small darknet-format dataset of shapes on photos"),
+    "summary": ("darkpy.commands.summary", "layer table, BFLOPs and parameter count of a cfg"),
+    "partial": ("darkpy.commands.partial", "copy the first N layers of a weights file (darknet partial)"),
+    "paths": ("darkpy.commands.paths", "gradient-path analysis of a cfg"),
+    "export": ("darkpy.commands.export", "export a cfg and weights to ONNX"),
+    "make-dataset": ("darkpy.commands.make_dataset", "write a small darknet-format dataset of shapes on photos"),
 }
 
 

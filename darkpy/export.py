@@ -16,7 +16,6 @@ the dynamo exporter also needs onnxscript. Two of its symbolic functions are rep
 _darkpy_symbolics): aten::avg_pool2d, whose divisor_override (Darknet's sum pooling in [local_avgpool] and
 [upsample] stride<0) the exporter silently drops, and aten::expm1 (elu, selu), which it does not export.
 """
-import argparse
 import contextlib
 import io
 import json
@@ -232,7 +231,7 @@ def find_layer_problems(model: nn.Module, opset: int = DEFAULT_OPSET, compare: b
     x = torch.rand(1, model.channels, model.height, model.width, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         outputs = model.forward_layers(x, keep_all=True)
-    runtime = _onnxruntime() if compare else None
+    runtime = onnxruntime_or_none() if compare else None
     problems = []
     previous = x
     for layer, out in zip(model.layers, outputs):
@@ -265,7 +264,8 @@ def _problems_message(problems: Sequence[LayerProblem], opset: int) -> str:
 
 # ============================================================================ export and verification
 
-def _onnxruntime():
+def onnxruntime_or_none():
+    """The onnxruntime module, or None when it is not installed (an optional dependency)."""
     try:
         import onnxruntime
     except ImportError:
@@ -322,7 +322,7 @@ def verify_onnx(model: nn.Module, path: Union[str, Path], decode: bool = False, 
     """Run the ONNX file with onnxruntime and darkpy on the same random images; returns, per output, the largest
     difference relative to darkpy's largest value. Raises ExportError when one exceeds the oracle's tolerance
     (1e-4 relative), naming the layers that differ. Needs onnxruntime."""
-    runtime = _onnxruntime()
+    runtime = onnxruntime_or_none()
     if runtime is None:
         raise ImportError(f"onnxruntime is not installed ({INSTALL_HINT})")
     module = ExportModule(model, decode=decode).eval()
@@ -346,70 +346,3 @@ def _opset_of(path: Union[str, Path]) -> int:
 
     proto = onnx.load(str(path), load_external_data=False)
     return max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-
-
-# ============================================================================ command line
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cfg", required=True, help="the network's .cfg")
-    parser.add_argument("--weights", required=True, help="its .weights")
-    parser.add_argument("--format", default="onnx", choices=["onnx"], help="output format (default onnx)")
-    parser.add_argument("--output", "-o", help="output file (default: the weights path with .onnx)")
-    parser.add_argument("--width", type=int, help="network input width (default: the cfg's [net] width)")
-    parser.add_argument("--height", type=int, help="network input height (default: the cfg's [net] height)")
-    parser.add_argument("--dynamic-batch", action="store_true", help="let the batch dimension vary")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                        help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
-    parser.add_argument("--decode", action="store_true",
-                        help="output boxes (x1,y1,x2,y2, network-input pixels) and scores (objectness x class) "
-                             "instead of the raw head tensors")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="skip the comparison of onnxruntime's outputs with darkpy's")
-
-
-def _load_model(args) -> nn.Module:
-    from darkpy.model import Darknet
-
-    for path, what in ((args.cfg, "cfg"), (args.weights, "weights")):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: {what} file not found")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # keys Darknet itself ignores; `summary` is where they are listed
-        model = Darknet.from_cfg(args.cfg, width=args.width, height=args.height)
-    model.load_weights(args.weights)
-    return model
-
-
-def run(args) -> int:
-    from darkpy.cfg import CfgError
-    from darkpy.weights import WeightsError
-
-    try:
-        import onnx  # noqa: F401  (torch's exporter and the metadata need it)
-    except ImportError:
-        print(f"error: darkpy export needs the onnx package ({INSTALL_HINT})", file=sys.stderr)
-        return 2
-    output = args.output or str(Path(args.weights).with_suffix(".onnx"))
-    try:
-        model = _load_model(args)
-        names = export_onnx(model, output, opset=args.opset, dynamic_batch=args.dynamic_batch, decode=args.decode)
-    except (CfgError, WeightsError, FileNotFoundError, ValueError, ExportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    size_mb = os.path.getsize(output) / 1e6
-    print(f"wrote {output} ({size_mb:.1f} MB, opset {args.opset}, input {INPUT_NAME} "
-          f"({'batch' if args.dynamic_batch else 1}, {model.channels}, {model.height}, {model.width}), "
-          f"outputs {', '.join(names)})")
-    if args.no_verify:
-        return 0
-    if _onnxruntime() is None:
-        print(f"onnxruntime is not installed: the file was not checked ({INSTALL_HINT})")
-        return 0
-    try:
-        differences = verify_onnx(model, output, decode=args.decode, batch=2 if args.dynamic_batch else 1)
-    except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    worst = max(differences.values())
-    print(f"onnxruntime matches darkpy: largest difference {worst:.2g} of the largest value (tolerance 1e-4)")
-    return 0

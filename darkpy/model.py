@@ -8,6 +8,7 @@ from torch import nn
 from darkpy.cfg import Section, mark_net_options_read, parse_cfg, warn_unused
 from darkpy.heads import Head as _Head
 from darkpy.layers import LAYER_TYPES, UNSUPPORTED, BuildContext, Layer
+from darkpy.weights import LoadReport, WeightsError, count_floats, load_weights, save_weights
 
 ModelOutput = Union[List[torch.Tensor], torch.Tensor]
 
@@ -97,35 +98,39 @@ class Darknet(nn.Module):
     def resized(self, width: int, height: int) -> "Darknet":
         """The same network built for another input size, sharing this one's parameters and buffers (Darknet's
         resize_network, used by multi-scale training). Layers keep their geometry per size, so each size is its
-        own module; training either trains both."""
+        own module; training either trains both. A buffer whose shape depends on the size (none so far) stays
+        the new size's own."""
         other = Darknet(self._sections, width=width, height=height, warn=False)
         for mine, theirs in zip(other.modules(), self.modules()):
-            for name in list(mine._parameters):
-                if theirs._parameters.get(name) is not None:
-                    mine._parameters[name] = theirs._parameters[name]
-            for name, buffer in list(mine._buffers.items()):
-                source = theirs._buffers.get(name)
-                if buffer is not None and source is not None and source.shape == buffer.shape:
-                    mine._buffers[name] = source
+            for name, _ in list(mine.named_parameters(recurse=False)):
+                setattr(mine, name, getattr(theirs, name))  # nn.Module registers the assigned Parameter
+            for name, buffer in list(mine.named_buffers(recurse=False)):
+                source = getattr(theirs, name, None)
+                if isinstance(source, torch.Tensor) and source.shape == buffer.shape:
+                    setattr(mine, name, source)  # replaces the registered buffer, keeping it (non-)persistent
         other.seen, other.weights_version = self.seen, self.weights_version
         return other.to(next(self.parameters()).device).train(self.training)
 
     # ---- weights ---------------------------------------------------------------------------------------------
-    def load_weights(self, path: Union[str, Path], upto: Optional[int] = None):
-        """Load a Darknet .weights file (full or partial); returns a darkpy.weights.LoadReport."""
-        from darkpy.weights import load_weights
-        return load_weights(self, path, upto)
+    def load_weights(self, path: Union[str, Path], upto: Optional[int] = None) -> LoadReport:
+        """Load a Darknet .weights file into layers [0, upto) (all when None; then floats left over are an
+        error); the header's `seen` and version are kept for saving."""
+        layers = list(self.layers)[:upto] if upto is not None else list(self.layers)
+        report = load_weights(layers, path, partial=upto is not None)
+        self.seen, self.weights_version = report.seen, report.version
+        return report
 
     def save_weights(self, path: Union[str, Path], upto: Optional[int] = None, seen: Optional[int] = None) -> None:
-        from darkpy.weights import save_weights
-        save_weights(self, path, upto=upto, seen=seen)
+        """Write layers [0, upto) as a .weights file, with this model's `seen` unless `seen` is given."""
+        if self.is_fused:
+            raise WeightsError("a model with batch norm folded (fuse()) cannot be saved: the file would not match "
+                               "its cfg; save before fusing")
+        layers = list(self.layers)[:upto] if upto is not None else list(self.layers)
+        save_weights(layers, path, seen=self.seen if seen is None else seen, version=self.weights_version)
 
     def count_weight_floats(self, upto: Optional[int] = None) -> int:
-        layers = list(self.layers)[:upto] if upto is not None else list(self.layers)
-        return sum(t.numel() for layer in layers for t in layer.darknet_arrays())
-
-    def cfg_location(self, layer: Layer) -> str:
-        return f"{layer.section.file}:{layer.section.line}"
+        """Floats a .weights file holds for layers [0, upto)."""
+        return count_floats(list(self.layers)[:upto] if upto is not None else list(self.layers))
 
     def fuse(self) -> "Darknet":
         """Fold batch norm into convolutions for inference, as Darknet does when it loads a detector."""

@@ -21,13 +21,13 @@ definitions; in short:
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
 
 from darkpy.layers.base import Layer
 from darkpy.model import Darknet
@@ -407,11 +407,6 @@ def analyze(model: Darknet) -> PathReport:
     return PathReport(str(getattr(model, "cfg_path", "")), losses, results, frozen, notes)
 
 
-def analyze_cfg(path: Union[str, Path], width: Optional[int] = None, height: Optional[int] = None) -> PathReport:
-    """Build the cfg's graph (no weights) and analyse it."""
-    return analyze(Darknet.from_cfg(path, width=width, height=height))
-
-
 # ---- presenting the analysis ---------------------------------------------------------------------------------
 def compress(values: Iterable[int]) -> str:
     """1,2,3,5,7,8 -> '1-3,5,7-8'."""
@@ -521,9 +516,6 @@ def _tick_step(span: int, most: int = 10) -> int:
 def draw_plot(report: PathReport, path: Union[str, Path], layer_count: Optional[int] = None) -> None:
     """Shortest (blue) and longest (red) gradient path of every layer with weights against its index, drawn with
     OpenCV; a grey bar joins the two."""
-    import cv2
-    import numpy as np
-
     last = max(layer_count or 0, max((l.index for l in report.layers), default=0) + 1)
     width = int(min(2400, max(720, 140 + 6 * last)))
     height, left, right, top, bottom = 480, 60, 20, 50, 50
@@ -565,45 +557,3 @@ def draw_plot(report: PathReport, path: Union[str, Path], layer_count: Optional[
         written = False
     if not written:
         raise OSError(f"cannot write the plot to {path} (does the folder exist? is the extension .png or .jpg?)")
-
-
-# ---- the command ---------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("cfg", help="the network's .cfg file (no weights needed)")
-    parser.add_argument("--json", metavar="OUT", help="write the full analysis as JSON to OUT")
-    parser.add_argument("--plot", metavar="OUT.png", help="draw shortest/longest gradient path per layer index")
-    parser.add_argument("--channels", action="store_true",
-                        help="also print one row per channel group of layers whose channels receive different "
-                             "gradients")
-    parser.add_argument("--width", type=int, help="build at this input width instead of [net] width")
-    parser.add_argument("--height", type=int, help="build at this input height instead of [net] height")
-
-
-def run(args: argparse.Namespace) -> int:
-    import warnings
-    from darkpy.cfg import CfgWarning
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CfgWarning)  # unused keys do not change the graph
-            model = Darknet.from_cfg(args.cfg, width=args.width, height=args.height)
-    except ValueError as error:  # CfgError names file, line and option
-        print(f"darkpy paths: {error}", file=sys.stderr)
-        return 1
-    report = analyze(model)
-    heads = ", ".join(f"{model.layers[i].type}@{i}" for i in report.losses)
-    print(f"{args.cfg}: {len(model.layers)} layers, losses at {heads}")
-    for line in table_lines(report, channels=args.channels) + [""] + summary_lines(report):
-        print(line)
-    try:
-        if args.json:
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(to_json(report), f, indent=1)
-            print(f"JSON written to {args.json}")
-        if args.plot:
-            draw_plot(report, args.plot, len(model.layers))
-            print(f"plot written to {args.plot}")
-    except OSError as error:
-        print(f"darkpy paths: {error}", file=sys.stderr)
-        return 1
-    return 0

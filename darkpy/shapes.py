@@ -1,4 +1,4 @@
-"""`darkpy make-dataset shapes OUT`: a small detection dataset in Darknet's format, made from scratch.
+"""A small detection dataset in Darknet's format, made from scratch (`darkpy make-dataset shapes OUT` writes it).
 
 Filled shapes (circle, square, triangle, cross, star) in random colours, sizes, rotations and positions are painted
 on random crops of the photos in the repository's data/images. Each image gets a YOLO label file beside it
@@ -10,7 +10,6 @@ pixel. The output depends only on the options and --seed.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -20,6 +19,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from darkpy.image import ImageError, load_image
 
@@ -224,7 +224,6 @@ def make_shapes_dataset(out_dir: Union[str, Path], images: int = 500, size: int 
     objects = 0
     indices = range(images)
     if progress:
-        from tqdm import tqdm
         indices = tqdm(indices, desc="shapes", unit="image")
     for i in indices:
         split = "valid" if i < valid_count else "train"
@@ -287,49 +286,3 @@ def _write_data_file(path: Path, out: Path, classes: int, relative_paths: bool) 
                     f"valid = {where('valid.txt')}\n"
                     f"names = {where('shapes.names')}\n"
                     f"backup = {where('backup')}\n")
-
-
-# ------------------------------------------------------------------------------------------------ command
-
-DATASET_KINDS = ("shapes",)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=DATASET_KINDS, help="the dataset to make (only 'shapes' so far)")
-    parser.add_argument("out", help="output folder (created; must be empty unless --force)")
-    parser.add_argument("--images", type=int, default=500, help="number of images, train and valid (default 500)")
-    parser.add_argument("--size", type=int, default=224, help="image width and height in pixels (default 224)")
-    parser.add_argument("--classes", type=int, default=5,
-                        help=f"number of shape classes, {MIN_CLASSES}..{MAX_CLASSES}: the first of "
-                             f"{', '.join(SHAPE_NAMES)} (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same dataset")
-    parser.add_argument("--valid-fraction", type=float, default=0.2,
-                        help="fraction of the images listed in valid.txt (default 0.2)")
-    parser.add_argument("--max-objects", type=int, default=4, help="most shapes per image (default 4)")
-    parser.add_argument("--negative-fraction", type=float, default=0.05,
-                        help="fraction of images without shapes, with empty label files (default 0.05)")
-    parser.add_argument("--backgrounds", default=None,
-                        help="folder of background photos (default: the repository's data/images)")
-    parser.add_argument("--relative", action="store_true",
-                        help="write paths relative to OUT in the lists and .data file (a movable dataset; "
-                             "darknet itself must then be run from inside OUT) instead of absolute paths")
-    parser.add_argument("--force", action="store_true", help="write into a folder that is not empty")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        summary = make_shapes_dataset(args.out, images=args.images, size=args.size, classes=args.classes,
-                                      seed=args.seed, valid_fraction=args.valid_fraction,
-                                      max_objects=args.max_objects, negative_fraction=args.negative_fraction,
-                                      backgrounds=args.backgrounds, relative_paths=args.relative, force=args.force,
-                                      progress=sys.stderr.isatty())
-    except (ValueError, FileExistsError, FileNotFoundError, OSError) as error:
-        print(f"darkpy make-dataset: error: {error}", file=sys.stderr)
-        return 2
-    print(f"{summary.train_images} train and {summary.valid_images} valid images with {summary.objects} "
-          f"shapes ({', '.join(summary.classes)}) in {summary.out_dir}")
-    print(f"train with: darkpy train --data {summary.data_file} --cfg cfg/shapes-prn.cfg --map")
-    if args.classes != MAX_CLASSES:
-        print(f"(cfg/shapes-prn.cfg is written for {MAX_CLASSES} classes: set classes={args.classes} in its [yolo] "
-              f"sections and filters={(args.classes + 5) * 3} in the convolution before each)")
-    return 0

@@ -1,20 +1,15 @@
-"""`darkpy summary CFG`: the layer table Darknet prints when it loads a network, with totals.
+"""The layer table Darknet prints when it loads a network, with totals (`darkpy summary CFG` prints it).
 
 Darknet's parse_network_cfg (src/parser.c) prints one line per layer while it builds the network (index, type,
 filters and kernel, input and output sizes as w x h x c, BFLOPs of the layers that count) and ends with
 `Total BFLOPS %5.3f`. The BFLOPs come from each layer's own accounting (conv 2*weights*out_h*out_w, maxpool
 size^2*c*out_h*out_w, shortcut w*h*c*inputs; connected layers are not counted), so the totals equal
 Darknet's. `--compare CFG2` puts a second network's totals beside the first, e.g. yolov3-tiny-prn against
-yolov3-tiny: 38 % fewer BFLOPs and 44 % fewer weights.
+yolov3-tiny: 38 % fewer BFLOPs and 44 % fewer weights (darkpy.commands.summary).
 """
-import argparse
-import sys
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
-from typing import List, Optional
+from typing import List
 
-from darkpy.cfg import CfgError, CfgWarning
 from darkpy.layers import Layer
 from darkpy.model import Darknet
 
@@ -42,6 +37,7 @@ class Totals:
 
 
 def totals(model: Darknet) -> Totals:
+    """The totals of the last lines of the table."""
     return Totals(bflops=model.total_bflops(), parameters=model.num_parameters(),
                   weight_floats=model.count_weight_floats(), layers=len(model.layers),
                   size=f"{model.width}x{model.height}x{model.channels}")
@@ -94,44 +90,3 @@ def comparison_lines(name: str, ours: Totals, other_name: str, other: Totals) ->
     lines = [f"{'':14s} {name:>{width}s} {other_name:>{width}s}   change"]
     lines += [f"{label:14s} {a:>{width}s} {b:>{width}s}   {change}".rstrip() for label, a, b, change in rows]
     return lines
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("cfg", help="a Darknet .cfg file")
-    parser.add_argument("--width", type=int, default=None, help="input width (default: the cfg's [net] width)")
-    parser.add_argument("--height", type=int, default=None, help="input height (default: the cfg's [net] height)")
-    parser.add_argument("--compare", metavar="CFG2", default=None,
-                        help="print CFG's totals beside CFG2's (same --width/--height) with the saving")
-
-
-def _build(path: str, width: Optional[int], height: Optional[int]) -> Darknet:
-    """Build the model; CfgWarnings (Darknet's "Unused field" notes) go to stderr as one-line warnings."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CfgWarning)
-        model = Darknet.from_cfg(path, width=width, height=height)
-    for warning in caught:
-        if issubclass(warning.category, CfgWarning):
-            print(f"darkpy summary: warning: {warning.message}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    return model
-
-
-def run(args: argparse.Namespace) -> int:
-    for path in filter(None, (args.cfg, args.compare)):
-        if not Path(path).is_file():
-            print(f"darkpy summary: {path}: no such cfg file", file=sys.stderr)
-            return 1
-    try:
-        model = _build(args.cfg, args.width, args.height)
-        other = _build(args.compare, args.width, args.height) if args.compare else None
-    except CfgError as error:  # names the file, line and option
-        print(f"darkpy summary: {error}", file=sys.stderr)
-        return 1
-    print(f"{args.cfg}: {model.width} x {model.height} x {model.channels} input, {len(model.layers)} layers")
-    print("\n".join(summary_lines(model)))
-    if other is not None:
-        print()
-        print("\n".join(comparison_lines(Path(args.cfg).stem, totals(model), Path(args.compare).stem,
-                                         totals(other))))
-    return 0

@@ -12,13 +12,10 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:  # pragma: no cover
-    from darkpy.model import Darknet
 
 DEFAULT_VERSION = (0, 2, 5)  # what this Darknet writes (src/version.h)
 
@@ -66,6 +63,16 @@ class LoadReport:
     def complete(self) -> bool:
         return self.layers_loaded == self.layers_with_weights
 
+    @property
+    def seen(self) -> int:
+        """Images the network had trained on, from the header (the model keeps it as `seen`)."""
+        return self.header.seen
+
+    @property
+    def version(self) -> Tuple[int, int, int]:
+        """major, minor, revision of the header (saving keeps it, so load -> save is byte-identical)."""
+        return self.header.major, self.header.minor, self.header.revision
+
 
 def read_header(data: bytes, path: str) -> WeightsHeader:
     if len(data) < 16:
@@ -85,8 +92,19 @@ def _is_transposed_connected(layer, tensor) -> bool:
     return layer.type == "connected" and tensor is layer.weight
 
 
-def load_weights(model: "Darknet", path: Union[str, Path], upto: Optional[int] = None) -> LoadReport:
-    """Fill `model` (layers [0, upto)) from a Darknet .weights file; see the module docstring for the rules."""
+def count_floats(layers: Sequence[Any]) -> int:
+    """Floats a .weights file holds for these layers (their `darknet_arrays()`, batch-norm statistics included)."""
+    return sum(t.numel() for layer in layers for t in layer.darknet_arrays())
+
+
+def _location(layer: Any) -> str:
+    return f"{layer.section.file}:{layer.section.line}"
+
+
+def load_weights(layers: Sequence[Any], path: Union[str, Path], partial: bool = False) -> LoadReport:
+    """Fill `layers` (a network's layers in cfg order, or its first N for a partial load) from a Darknet .weights
+    file, as load_weights_upto does; see the module docstring for the rules. With `partial`, floats left over
+    after the last layer are not an error (`darknet partial` reads only the first N layers of a full file)."""
     path = str(path)
     try:
         data = Path(path).read_bytes()
@@ -98,53 +116,53 @@ def load_weights(model: "Darknet", path: Union[str, Path], upto: Optional[int] =
         raise WeightsError(f"{path}: {payload} bytes after the header is not a whole number of float32 values "
                            f"(the file is truncated or not a Darknet weights file)")
     floats = np.frombuffer(data, dtype="<f4", offset=header.size)
-    layers = list(model.layers)[:upto] if upto is not None else list(model.layers)
     offset, loaded, last = 0, 0, -1
     with_weights = [layer for layer in layers if layer.darknet_arrays() and not layer.dontload]
     for layer in with_weights:
-        arrays = layer.darknet_arrays()
         if offset == len(floats):
             break  # a partial file (*.conv.N) stops between two layers
-        for tensor in arrays:
-            count = tensor.numel()
-            if offset + count > len(floats):
-                raise WeightsError(
-                    f"{path}: the file ends inside layer {layer.index} ([{layer.type}], {model.cfg_location(layer)}):"
-                    f" it needs {count} floats at float {offset}, only {len(floats) - offset} are left "
-                    f"(the cfg needs {model.count_weight_floats(upto)} floats in all, the file has {len(floats)})")
-            values = torch.from_numpy(floats[offset:offset + count].copy())
-            if header.transpose and _is_transposed_connected(layer, tensor):
-                values = values.view(tensor.shape[1], tensor.shape[0]).t()
-            with torch.no_grad():
-                tensor.copy_(values.reshape(tensor.shape))
-            offset += count
+        offset = _fill_layer(layer, floats, offset, header.transpose, path, layers)
         loaded += 1
         last = layer.index
-    if offset < len(floats) and upto is None:
+    if offset < len(floats) and not partial:
+        cfg_path = layers[0].section.file if len(layers) else "?"
         raise WeightsError(f"{path}: {len(floats) - offset} floats are left over: the cfg "
-                           f"{model.cfg_path} needs {offset} floats, the file has {len(floats)} (wrong cfg for these "
+                           f"{cfg_path} needs {offset} floats, the file has {len(floats)} (wrong cfg for these "
                            f"weights, or wrong classes/filters?)")
-    model.seen = header.seen
-    model.weights_version = (header.major, header.minor, header.revision)
     return LoadReport(path, header, loaded, len(with_weights), last, offset)
 
 
-def save_weights(model: "Darknet", path: Union[str, Path], upto: Optional[int] = None,
-                 seen: Optional[int] = None, version: Optional[Tuple[int, int, int]] = None) -> None:
-    """Write a .weights file Darknet reads, atomically (a temp file in the same folder, then a rename).
+def _fill_layer(layer: Any, floats: np.ndarray, offset: int, transpose: bool, path: str,
+                layers: Sequence[Any]) -> int:
+    """Copy one layer's arrays from `floats` at `offset`; returns the offset after them."""
+    for tensor in layer.darknet_arrays():
+        count = tensor.numel()
+        if offset + count > len(floats):
+            raise WeightsError(
+                f"{path}: the file ends inside layer {layer.index} ([{layer.type}], {_location(layer)}):"
+                f" it needs {count} floats at float {offset}, only {len(floats) - offset} are left "
+                f"(the cfg needs {count_floats(layers)} floats in all, the file has {len(floats)})")
+        values = torch.from_numpy(floats[offset:offset + count].copy())
+        if transpose and _is_transposed_connected(layer, tensor):
+            values = values.view(tensor.shape[1], tensor.shape[0]).t()
+        with torch.no_grad():
+            tensor.copy_(values.reshape(tensor.shape))
+        offset += count
+    return offset
 
-    The header keeps the version the weights were loaded with when it has a 64-bit `seen` (so load -> save is
-    byte-identical), else Darknet's current 0.2.5.
+
+def save_weights(layers: Sequence[Any], path: Union[str, Path], seen: int = 0,
+                 version: Optional[Tuple[int, int, int]] = None) -> None:
+    """Write these layers' arrays as a .weights file Darknet reads (save_weights_upto), atomically (a temp file
+    in the same folder, then a rename).
+
+    The header keeps `version` (the one the weights were loaded with) when it has a 64-bit `seen` (so
+    load -> save is byte-identical), else Darknet's current 0.2.5.
     """
-    if model.is_fused:
-        raise WeightsError("a model with batch norm folded (fuse()) cannot be saved: the file would not match "
-                           "its cfg; save before fusing")
-    version = version or model.weights_version or DEFAULT_VERSION
-    header = WeightsHeader(*version, seen=model.seen if seen is None else seen)
+    header = WeightsHeader(*(version or DEFAULT_VERSION), seen=seen)
     if not header.seen_is_64bit or header.transpose:
         header = WeightsHeader(*DEFAULT_VERSION, seen=header.seen)
     path = Path(path)
-    layers = list(model.layers)[:upto] if upto is not None else list(model.layers)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent) or ".")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ORACLE, REPO, SHARED, require
-from darkpy import detect
+from darkpy.commands import detect
 from darkpy.boxes import detection_lines
 
 F = np.float32
@@ -84,7 +84,7 @@ def _lines_with_values(detections, names, width, height, thresh):
 def test_lines_from_darknets_network_input_equal_darknet(model, names):
     """With Darknet's own network input (input.npy) the model, decoding, NMS and printing give Darknet's lines,
     at thresh 0.25 (the console) and 0.005 (the boxes `detector map` ranks), for all 12 images."""
-    from darkpy.inference import Detector
+    from darkpy.evaluation.inference import Detector
     plain, boxed = Detector(model), Detector(model, letter_box=True)
     inputs = np.stack([np.load(require(REAL / folder / "input.npy")) for folder in FOLDERS])
     outputs = plain.forward(inputs)  # one batch: the letterbox only matters to decoding
@@ -220,7 +220,7 @@ def test_setup_errors_are_messages(tmp_path, capsys):
 # ============================================================================ sources and Detector
 
 def test_sources_lists_globs_videos(tmp_path):
-    from darkpy.inference import count_frames, expand_sources, iterate_frames
+    from darkpy.evaluation.inference import count_frames, expand_sources, iterate_frames
     photo = require(SHARED / "images" / "chelsea.png")
     shutil.copy(photo, tmp_path / "a.png")
     shutil.copy(photo, tmp_path / "b.png")
@@ -250,7 +250,7 @@ def test_detect_arrays_batches_and_keeps_training_state(model, names):
     """detect_arrays (the map command's entry) equals the per-image path, for images of different sizes in one
     batch; a model in train() comes back in train()."""
     from darkpy.image import load_image
-    from darkpy.inference import Detector
+    from darkpy.evaluation.inference import Detector
     images = [load_image(require(SHARED / "images" / f"{n}.png")) for n in ("coffee", "chelsea", "astronaut")]
     detector = Detector(model, batch_size=2)
     model.train()
@@ -263,6 +263,18 @@ def test_detect_arrays_batches_and_keeps_training_state(model, names):
         assert len(detections) == len(_meta(stem, "detections_map.json")["post_nms"])
         lines = detection_lines(detections, names, image.shape[1], image.shape[0], 0.005)
         assert lines == _meta(stem, "detections_map.json")["cli_ext_output_lines"]
+
+
+def test_detector_never_changes_the_model_it_is_handed(model):
+    """A model being trained can be evaluated: the Detector leaves its parameters (memory format, device,
+    dtype) alone; a device or dtype the model does not have is served by a converted copy."""
+    from darkpy.evaluation.inference import Detector
+    weight = model.layers[0].weight
+    before = (weight.stride(), weight.device, weight.dtype)
+    detector = Detector(model, device="cpu")
+    detector.forward(np.zeros((1, 3, model.height, model.width), np.float32))
+    assert detector.model is model and not detector.channels_last
+    assert model.layers[0].weight is weight and (weight.stride(), weight.device, weight.dtype) == before
 
 
 def test_default_run_uses_the_bundled_files(tmp_path, capsys, monkeypatch):

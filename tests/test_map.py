@@ -9,17 +9,18 @@ import pytest
 from conftest import ORACLE, SHARED, require
 from darkpy.cli import main
 from darkpy.data import DataError, DataProblems
-from darkpy.evaluate import (
+from darkpy.commands.common import build_detector
+from darkpy.evaluation.mapdata import (
     ImageDetections,
     MAP_DETECTION_THRESH,
     MAP_HIER_THRESH,
     MAP_NMS_THRESH,
     accumulate_map,
-    build_detector,
     iterate_detections,
     load_map_dataset,
 )
-from darkpy.metrics import format_map_report, parse_map_report
+from darkpy.evaluation.metrics import format_map_report
+from map_report import parse_map_report
 
 MAP_DIR = ORACLE / "map-tiny3"
 REAL = ORACLE / "real-yolov3-tiny"

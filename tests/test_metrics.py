@@ -8,7 +8,7 @@ import pytest
 from conftest import ORACLE, require
 from darkpy.boxes import Detection, box_iou
 from darkpy.data import read_labels, read_names
-from darkpy.metrics import (
+from darkpy.evaluation.metrics import (
     COCO_CATEGORY_IDS,
     MapAccumulator,
     coco_category_ids,
@@ -17,8 +17,8 @@ from darkpy.metrics import (
     coco_results,
     darknet_map,
     format_map_report,
-    parse_map_report,
 )
+from map_report import parse_map_report
 
 MAP_DIR = ORACLE / "map-tiny3"
 REAL = ORACLE / "real-yolov3-tiny"

@@ -9,7 +9,8 @@ import pytest
 
 from darkpy.cfg import parse_cfg_text
 from darkpy.model import Darknet
-from darkpy.paths import PathReport, analyze, compress, run
+from darkpy.commands.paths import run
+from darkpy.paths import PathReport, analyze, compress
 from conftest import SHARED, require
 
 NET = "[net]\nwidth=32\nheight=32\nchannels=3\n"

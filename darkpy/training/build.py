@@ -14,7 +14,7 @@ import torch
 
 from darkpy.cfg import Section, parse_cfg
 from darkpy.data import DataConfig, DataProblems, read_data_config, read_image_list, resolve_path
-from darkpy.inference import resolve_device
+from darkpy.evaluation.inference import resolve_device
 from darkpy.training.loss import DarknetLoss
 from darkpy.model import Darknet
 from darkpy.training.checkpoints import StartWeights, backup_folder, load_start_weights

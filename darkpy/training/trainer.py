@@ -22,8 +22,8 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from darkpy.inference import Detector
-from darkpy.metrics import MapAccumulator
+from darkpy.evaluation.inference import Detector
+from darkpy.evaluation.mapdata import accumulate_map, iterate_detections, load_map_dataset
 from darkpy.training.build import build_training
 from darkpy.training.chart import Chart
 from darkpy.training.checkpoints import Snapshots, basecfg
@@ -103,16 +103,11 @@ class StopRequest:
 def compute_map(model, device: torch.device, data_file: str, dataset, problems):
     """validate_detector_map on the valid list at the initial network size (AUC, IoU .5); returns (mAP, the
     map dataset, kept for the next call)."""
-    # Imported here until darkpy.evaluation.mapdata exists (darkpy.evaluate is also the `map` command).
-    from darkpy.evaluate import add_to_accumulator, iterate_detections, load_map_dataset
-
     dataset = dataset or load_map_dataset(data_file)
     detector = Detector(model, device, letter_box=model.letter_box)
     classes = int(model.heads[-1].classes)
-    accumulator = MapAccumulator(classes, 0.5, 0.25)
-    for item in iterate_detections(detector, dataset.image_paths, 8, problems, progress=False):
-        add_to_accumulator(accumulator, item, dataset, classes, problems)
-    model.train()
+    detected = iterate_detections(detector, dataset.image_paths, 8, problems, progress=False)
+    accumulator = accumulate_map(detected, dataset, classes, 0.5, 0.25, problems)
     return float(accumulator.result(0).mean_ap), dataset
 
 

@@ -5,9 +5,7 @@ loaded and written with `seen` reset to 0.
 """
 import argparse
 
-from darkpy.cfg import CfgError
-from darkpy.model import Darknet
-from darkpy.weights import WeightsError
+from darkpy.commands.common import INPUT_ERRORS, UsageError, fail, load_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,17 +15,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("layers", type=int, help="number of leading layers to keep")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Load layers [0, N) of the weights and save them; 2 for an N the cfg does not have, 1 for bad files."""
     try:
-        model = Darknet.from_cfg(args.cfg)
+        model = load_model(args.cfg)
         if not 0 < args.layers <= len(model.layers):
-            print(f"error: N must be in 1..{len(model.layers)} (the cfg has {len(model.layers)} layers)")
-            return 2
+            raise UsageError(f"N must be in 1..{len(model.layers)} (the cfg has {len(model.layers)} layers)")
         report = model.load_weights(args.weights, upto=args.layers)
         model.save_weights(args.output, upto=args.layers, seen=0)
-    except (CfgError, WeightsError, OSError) as e:
-        print(f"error: {e}")
-        return 1
+    except INPUT_ERRORS as error:
+        return fail("partial", error)
     print(f"Loaded {report.layers_loaded} layers with weights from {args.weights}; saved layers 0..{args.layers - 1} "
           f"({model.count_weight_floats(args.layers)} floats) to {args.output}")
     return 0

@@ -5,6 +5,7 @@ Detector reproduces src/detector.c `test_detector` per image: the network input 
 (darkpy.image), the forward pass, `get_network_boxes` (darkpy.boxes) and `do_nms_sort` / `diounms_sort`
 with the nms_kind of the last detection head.
 """
+import copy
 import glob
 import os
 import queue
@@ -12,15 +13,16 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import cv2
 import numpy as np
 import torch
+from torch import nn
 
-from .boxes import Detection, get_network_boxes, nms_sort
-from .data import DataError, read_image_list
-from .image import ImageError, load_image, network_input
+from darkpy.boxes import Detection, get_network_boxes, nms_sort
+from darkpy.data import DataError, read_image_list
+from darkpy.image import ImageError, load_image, network_input
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
                     ".jp2", ".jpe", ".sr", ".ras", ".exr", ".hdr", ".pic"}
@@ -46,35 +48,59 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
 
 # ============================================================================ the detector
 
+def prepare_for_inference(model: nn.Module, device: Union[str, torch.device] = "auto",
+                          half: bool = False) -> nn.Module:
+    """Convert a model the caller owns, in place, for fast inference: moved to `device`, in channels_last
+    memory format (oneDNN's convolutions and max-pools run in NHWC, about twice as fast on the CPU,
+    docs/latency.md; the numbers are the same up to float rounding) and, when `half` and on CUDA, float16."""
+    resolved = resolve_device(device)
+    model.to(resolved, memory_format=torch.channels_last)
+    if half and resolved.type == "cuda":
+        model.half()
+    return model
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    """Whether the model's 4-d weights are stored channels_last (then its inputs should be too)."""
+    return any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+               for p in model.parameters())
+
+
 class Detector:
     """A Darknet model plus Darknet's pre- and post-processing.
 
-    `letter_box=None` follows the cfg's [net] letter_box. The model is moved to `device` (None: it stays where
-    it is); half=True converts it to float16 (CUDA only; detections then differ from Darknet's float32 ones in
-    the last digits). Its train/eval state is restored after each call, so a model that is being trained can be
-    evaluated."""
+    The Detector never changes the model it is handed (a model being trained can be evaluated): it runs it on
+    the device, in the dtype and memory format it has. When `device` (None: the model's) or `half` ask for
+    something else, it runs a converted copy instead; a caller that owns its model converts it itself first
+    (`prepare_for_inference`) to avoid the copy. `letter_box=None` follows the cfg's [net] letter_box.
+    half=True runs in float16 (CUDA only; detections then differ from Darknet's float32 ones in the last
+    digits). The train/eval state is restored after each call."""
 
-    def __init__(self, model, device: Union[str, torch.device, None] = "cpu", half: bool = False,
+    def __init__(self, model: nn.Module, device: Union[str, torch.device, None] = "cpu", half: bool = False,
                  letter_box: Optional[bool] = None, batch_size: int = 8):
         if not model.heads:
             raise ValueError(f"{getattr(model, 'cfg_path', 'the model')}: the network has no [yolo], "
                              f"[Gaussian_yolo] or [region] layer, so it cannot detect objects")
-        self.model = model
-        if device is None:
-            first = next(model.parameters(), None)
-            device = first.device if first is not None else "cpu"
-        self.device = resolve_device(device)
+        self.device = _model_device(model) if device is None else resolve_device(device)
         self.half = bool(half) and self.device.type == "cuda"
+        first = next(model.parameters(), None)
+        wrong_dtype = self.half and first is not None and first.dtype != torch.float16
+        if _model_device(model) != self.device or wrong_dtype:
+            model = copy.deepcopy(model).to(self.device)
+            if self.half:
+                model.half()
+        self.model = model
+        self.channels_last = _is_channels_last(model)
         self.letter_box = bool(model.letter_box if letter_box is None else letter_box)
         self.batch_size = max(1, int(batch_size))
         self.heads = list(model.heads)  # each head decodes its own output (Head.decode)
         last = self.heads[-1]  # test_detector: the nms_kind of the last detection layer decides
         self.nms_kind, self.beta_nms = last.nms_kind, last.beta_nms
-        # channels_last: oneDNN's convolutions and max-pools run in NHWC, about twice as fast on the CPU
-        # (docs/latency.md); the numbers are the same up to float rounding.
-        self.model.to(self.device, memory_format=torch.channels_last)
-        if self.half:
-            self.model.half()
 
     @property
     def net_wh(self) -> Tuple[int, int]:
@@ -95,7 +121,8 @@ class Detector:
         try:
             with torch.inference_mode():
                 x = torch.from_numpy(np.ascontiguousarray(inputs)).to(self.device)
-                x = x.contiguous(memory_format=torch.channels_last)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 outputs = self.model(x.half() if self.half else x)
                 return [o.float().cpu().numpy() for o in outputs]
         finally:
@@ -117,13 +144,18 @@ class Detector:
         return [self.postprocess([o[i] for o in outputs], image_sizes[i], thresh, hier, nms)
                 for i in range(len(image_sizes))]
 
+    def detect_frames(self, frames: Sequence["Frame"], thresh: float = 0.25, hier: float = 0.5,
+                      nms: float = 0.45) -> List[List[Detection]]:
+        """Frames read with `preprocess` (their `input` set) -> their detections, in one forward pass."""
+        return self.detect_inputs(np.stack([frame.input for frame in frames]), [frame.size for frame in frames],
+                                  thresh, hier, nms)
+
     def detect_arrays(self, images: Sequence[np.ndarray], thresh: float = 0.25, hier: float = 0.5,
                       nms: float = 0.45) -> List[List[Detection]]:
         """HxWx3 uint8 RGB images -> for each, its detections (boxes relative to that image), in batches of
         batch_size."""
         results: List[List[Detection]] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
+        for chunk in batched(images, self.batch_size):
             inputs = np.stack([self.preprocess(image) for image in chunk])
             sizes = [(image.shape[1], image.shape[0]) for image in chunk]
             results.extend(self.detect_inputs(inputs, sizes, thresh, hier, nms))
@@ -151,6 +183,11 @@ class Frame:
     error: Optional[str] = None
     frame_index: int = 0
     fps: float = 0.0
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        """(width, height) of the image as read."""
+        return self.image.shape[1], self.image.shape[0]
 
 
 def _is_glob(text: str) -> bool:
@@ -281,6 +318,23 @@ def _frames_in_order(sources: Sequence[Source], preprocess: Optional[Callable], 
             yield from _video_frames(source, preprocess)
         while window:
             yield window.pop(0).result()
+
+
+T = TypeVar("T")
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[List[T]]:
+    """Items in order, `size` at a time, the last group shorter: what goes through the network in one
+    forward pass (detect and map both batch their frames this way and flush the rest at the end)."""
+    size = max(1, int(size))
+    batch: List[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def iterate_frames(sources: Sequence[Source], preprocess: Optional[Callable[[np.ndarray], np.ndarray]] = None,

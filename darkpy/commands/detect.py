@@ -13,14 +13,27 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
-from .boxes import Detection, best_shown_class, detection_lines
+from darkpy.boxes import Detection, best_shown_class, detection_lines
+from darkpy.commands.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, INPUT_ERRORS, build_detector, fail
+from darkpy.data import read_data_config, read_names
+from darkpy.evaluation.inference import (
+    LIST_EXTENSIONS,
+    Detector,
+    Frame,
+    Source,
+    batched,
+    count_frames,
+    expand_sources,
+    iterate_frames,
+)
 
-REPO_DIR = Path(__file__).resolve().parents[1]
+REPO_DIR = Path(__file__).resolve().parents[2]  # darkpy/commands/detect.py -> the checkout
 DEFAULT_CFG = "cfg/yolov3-tiny.cfg"
 DEFAULT_WEIGHTS = "weights/yolov3-tiny.weights"
 DEFAULT_NAMES = "data/coco.names"
@@ -69,8 +82,8 @@ def _existing(path: str, fallback_to_repo: bool) -> str:
     return path
 
 
-def _read_class_names(args) -> List[str]:
-    from .data import read_data_config, read_names
+def _read_class_names(args: argparse.Namespace) -> List[str]:
+    """--data's names= file, else --names (default: the project's coco.names)."""
     if args.data:
         config = read_data_config(args.data)
         names_path = config.resolve("names")
@@ -80,21 +93,12 @@ def _read_class_names(args) -> List[str]:
     return read_names(_existing(args.names or DEFAULT_NAMES, args.names is None))
 
 
-def _build_detector(args):
-    from .inference import Detector
-    from .model import Darknet
-    cfg = _existing(args.cfg, args.cfg == DEFAULT_CFG)
-    weights = _existing(args.weights, args.weights == DEFAULT_WEIGHTS)
-    if not os.path.isfile(cfg):
-        raise FileNotFoundError(f"{cfg}: cfg file not found")
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"{weights}: weights file not found")
-    model = Darknet.from_cfg(cfg, width=args.width, height=args.height)
-    model.load_weights(weights)
-    model.fuse()  # Darknet folds batch norm into the convolutions when it loads a detector
-    model.eval()
-    detector = Detector(model, device=args.device, half=args.half, letter_box=True if args.letter_box else None,
-                        batch_size=args.batch)
+def _build_detector(args: argparse.Namespace) -> Detector:
+    """The detector of --cfg/--weights, the default files found in the project checkout too."""
+    resolved = argparse.Namespace(**vars(args))
+    resolved.cfg = _existing(args.cfg, args.cfg == DEFAULT_CFG)
+    resolved.weights = _existing(args.weights, args.weights == DEFAULT_WEIGHTS)
+    _, detector = build_detector(resolved)
     if args.half and not detector.half:
         print(f"warning: --half needs a CUDA device; running in float32 on {detector.device}", file=sys.stderr)
     return detector
@@ -240,18 +244,17 @@ class OutputWriter:
 
 # ============================================================================ the run
 
-def _report(frame, detections: Sequence[Detection], milliseconds: float, names: Sequence[str], args,
-            echo) -> None:
+def _report(frame: Frame, detections: Sequence[Detection], milliseconds: float, names: Sequence[str],
+            args: argparse.Namespace, echo: Callable[[str], None]) -> None:
+    """test_detector's lines for one image: the timing, then draw_detections_v3's lines."""
     echo(f"{frame.name}: Predicted in {milliseconds:f} milli-seconds.")
     height, width = frame.image.shape[:2]
     for line in detection_lines(detections, names, width, height, args.thresh, args.ext_output):
         echo(line)
 
 
-def _progress_bar(sources, frame_total: Optional[int], specs: Sequence[str]):
+def _progress_bar(sources: Sequence[Source], frame_total: Optional[int], specs: Sequence[str]) -> Any:
     """A tqdm bar when the input is a folder, list, pattern, video or camera; plain output for single images."""
-    from tqdm import tqdm
-    from .inference import LIST_EXTENSIONS
     many = any(s.kind != "image" for s in sources) or any(
         os.path.isdir(p) or Path(p).suffix.lower() in LIST_EXTENSIONS or not os.path.exists(p) and "*" in p
         for p in specs)
@@ -260,63 +263,73 @@ def _progress_bar(sources, frame_total: Optional[int], specs: Sequence[str]):
     return tqdm(total=frame_total, unit="img", file=sys.stderr, dynamic_ncols=True)
 
 
-def _process_batch(detector, batch, names, args, writer, echo) -> None:
+def _process_batch(detector: Detector, batch: List[Frame], names: Sequence[str], args: argparse.Namespace,
+                   writer: OutputWriter, echo: Callable[[str], None]) -> None:
     start = time.perf_counter()
-    results = detector.detect_inputs(np.stack([f.input for f in batch]),
-                                     [(f.image.shape[1], f.image.shape[0]) for f in batch],
-                                     args.thresh, args.hier, args.nms)
+    results = detector.detect_frames(batch, args.thresh, args.hier, args.nms)
     per_image_ms = (time.perf_counter() - start) * 1000 / len(batch)
     for frame, detections in zip(batch, results):
         _report(frame, detections, per_image_ms, names, args, echo)
         writer.write(frame, detections)
 
 
-def run(args) -> int:
-    from .cfg import CfgError
-    from .data import DataError
-    from .inference import count_frames, expand_sources, iterate_frames
-
-    try:
-        names = _read_class_names(args)
-        detector = _build_detector(args)
-    except (CfgError, DataError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def _setup(args: argparse.Namespace) -> Tuple[List[str], Detector]:
+    """The class names and the detector; they must agree on the number of classes."""
+    names = _read_class_names(args)
+    detector = _build_detector(args)
     if len(names) < detector.classes:
-        print(f"error: {len(names)} class names for a network with {detector.classes} classes "
-              f"(--names / --data)", file=sys.stderr)
-        return 2
+        raise ValueError(f"{len(names)} class names for a network with {detector.classes} classes "
+                         f"(--names / --data)")
+    return names, detector
 
+
+class _Counts:
+    """Frames processed and frames that could not be read, for the closing line and the exit code."""
+
+    def __init__(self) -> None:
+        self.processed = self.failed = 0
+
+
+def _readable(frames: Iterator[Frame], counts: _Counts) -> Iterator[Frame]:
+    """The frames that could be read; the others are reported on stderr and skipped, as darknet skips them."""
+    for frame in frames:
+        if frame.error is not None:
+            counts.failed += 1
+            print(f"darkpy detect: error: {frame.error}, skipped", file=sys.stderr)
+            continue
+        yield frame
+
+
+def _detect_all(detector: Detector, sources: List[Source], names: Sequence[str], args: argparse.Namespace,
+                writer: OutputWriter, bar: Any, counts: _Counts) -> None:
+    echo = bar.write if bar is not None else print
+    # a camera is processed frame by frame (latency matters more than throughput)
+    batch_size = 1 if any(s.kind == "camera" for s in sources) else detector.batch_size
+    frames = _readable(iterate_frames(sources, detector.preprocess), counts)
+    for batch in batched(frames, batch_size):
+        _process_batch(detector, batch, names, args, writer, echo)
+        counts.processed += len(batch)
+        if bar is not None:
+            bar.update(len(batch))
+
+
+def run(args: argparse.Namespace) -> int:
+    """`darkpy detect`: 0 when at least one image was processed, 1 when none could be, 2 when the network or
+    the class names cannot be set up (see darkpy.commands.common)."""
+    try:
+        names, detector = _setup(args)
+    except INPUT_ERRORS as error:
+        return fail("detect", error, EXIT_USAGE)  # tests/test_detect.py asserts 2 for a missing cfg
     specs = [_existing(s, s == DEFAULT_SOURCE) for s in args.sources]
     sources, errors = expand_sources(specs)
     for message in errors:
-        print(f"error: {message}, skipped", file=sys.stderr)
+        print(f"darkpy detect: error: {message}, skipped", file=sys.stderr)
     bar = _progress_bar(sources, count_frames(sources), specs)
-    echo = bar.write if bar is not None else print
     writer = OutputWriter(args, names)
-    processed = failed = 0
+    counts = _Counts()
     start = time.perf_counter()
-    batch: List = []
     try:
-        # a camera is processed frame by frame (latency matters more than throughput)
-        batch_size = 1 if any(s.kind == "camera" for s in sources) else detector.batch_size
-        for frame in iterate_frames(sources, detector.preprocess):
-            if frame.error is not None:
-                failed += 1
-                print(f"error: {frame.error}, skipped", file=sys.stderr)
-                continue
-            batch.append(frame)
-            if len(batch) == batch_size:
-                _process_batch(detector, batch, names, args, writer, echo)
-                processed += len(batch)
-                if bar is not None:
-                    bar.update(len(batch))
-                batch = []
-        if batch:
-            _process_batch(detector, batch, names, args, writer, echo)
-            processed += len(batch)
-            if bar is not None:
-                bar.update(len(batch))
+        _detect_all(detector, sources, names, args, writer, bar, counts)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:
@@ -324,9 +337,10 @@ def run(args) -> int:
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - start
-    rate = processed / elapsed if elapsed > 0 else 0.0
-    print(f"{processed} image(s) in {elapsed:.2f} s: {rate:.2f} images/s"
-          + (f"; {failed + len(errors)} input(s) skipped" if failed or errors else ""))
-    if processed and not args.no_save:
+    rate = counts.processed / elapsed if elapsed > 0 else 0.0
+    skipped = counts.failed + len(errors)
+    print(f"{counts.processed} image(s) in {elapsed:.2f} s: {rate:.2f} images/s"
+          + (f"; {skipped} input(s) skipped" if skipped else ""))
+    if counts.processed and not args.no_save:
         print(f"annotated results in {writer.save_dir}")
-    return 0 if processed else 1
+    return EXIT_OK if counts.processed else EXIT_FAILED
