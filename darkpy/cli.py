@@ -11,8 +11,7 @@ from typing import List, Optional
 # a value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# subcommand -> (module, one-line help). Modules are imported only when their subcommand runs. `train` stays
-# darkpy.train until training moves to darkpy/training/ and darkpy/commands/train.py.
+# subcommand -> (module, one-line help). Modules are imported only when their subcommand runs.
 COMMANDS = {
     "detect": ("darkpy.commands.detect", "detect objects in images, folders, lists and videos (darknet detector test/demo)"),
     "map": ("darkpy.commands.map", "mean average precision on a .data file's valid list (darknet detector map)"),

@@ -1,4 +1,4 @@
-"""darkpy.augment: Darknet's detection augmentation, sampling and multi-scale sizes (load_data_detection,
+"""darkpy.training (augment, sampler, dataset): Darknet's detection augmentation, sampling and multi-scale sizes (load_data_detection,
 image_data_augmentation, fill_truth_detection, blend_truth_mosaic, train_detector)."""
 from pathlib import Path
 

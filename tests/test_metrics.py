@@ -1,4 +1,4 @@
-"""darkpy.metrics against C Darknet's `detector map` output and hand-computed cases."""
+"""darkpy.evaluation.metrics against C Darknet's `detector map` output and hand-computed cases."""
 import json
 import math
 

@@ -1,4 +1,4 @@
-"""darkpy.schedule: Darknet's get_current_rate and update_convolutional_layer, values computed by hand."""
+"""darkpy.training.schedule: Darknet's get_current_rate and update_convolutional_layer, values computed by hand."""
 import math
 import random
 

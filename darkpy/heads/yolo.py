@@ -223,9 +223,10 @@ class YoloLayer(Head):
     def loss_line(self, stats: HeadLoss, index: int) -> str:
         """forward_yolo_layer's `v3 (mse loss, Normalizer: ...) Region N Avg (IOU: ...) ...` line."""
         b = max(stats.batch, 1)
+        count = max(stats.count, 1)  # Darknet sets count to 1 when no truth fell in this layer, before printing
         name = "mse" if self.iou_loss == "mse" else ("giou" if self.iou_loss == "giou" else "iou")
         return (f"v3 ({name} loss, Normalizer: (iou: {self.iou_normalizer:.2f}, obj: {self.obj_normalizer:.2f}, "
-                f"cls: {self.cls_normalizer:.2f}) Region {index} Avg (IOU: {stats.avg_iou:f}), count: {stats.count}, "
+                f"cls: {self.cls_normalizer:.2f}) Region {index} Avg (IOU: {stats.avg_iou:f}), count: {count}, "
                 f"class_loss = {stats.class_loss / b:f}, iou_loss = {stats.iou_loss / b:f}, "
                 f"total_loss = {(stats.class_loss + stats.iou_loss) / b:f} ")
 
