@@ -44,6 +44,7 @@ import torch
 from conftest import ORACLE, REPO, SHARED, require
 from darkpy.boxes import nms_sort
 from darkpy.cfg import CfgWarning
+from darkpy.layers import conv
 from darkpy.model import Darknet
 
 cv2 = pytest.importorskip("cv2")
@@ -117,11 +118,13 @@ def seed_weights(model: Darknet, calibration: torch.Tensor) -> None:
     for layer in layers:
         layer.bn_weight.copy_(torch.empty_like(layer.bn_weight).uniform_(0.5, 1.5, generator=generator))
         layer.bias.copy_(torch.empty_like(layer.bias).uniform_(-0.1, 0.1, generator=generator))
-        layer.bn_momentum = 1.0  # running statistics := this batch's
-    model.train()
-    model(calibration)
-    for layer in layers:
-        layer.bn_momentum = 0.1
+    rolling_factor = conv.GPU_ROLLING_FACTOR
+    conv.GPU_ROLLING_FACTOR = 1.0  # running statistics := this batch's
+    try:
+        model.train()
+        model(calibration)
+    finally:
+        conv.GPU_ROLLING_FACTOR = rolling_factor
     for head in model.heads:
         if head.type == "region":
             sharpen_region_classes(model, head)

@@ -9,7 +9,7 @@ from darkpy.layers.conv import darknet_batch_norm
 
 @register("connected")
 class ConnectedLayer(Layer):
-    """Fully connected on the flattened (c, h, w) input; optional batch norm (momentum .05 in Darknet)."""
+    """Fully connected on the flattened (c, h, w) input; optional batch norm."""
 
     def __init__(self, section, ctx: BuildContext):
         super().__init__(section, ctx)
@@ -33,8 +33,7 @@ class ConnectedLayer(Layer):
     def forward(self, x, outputs):
         y = x.reshape(x.shape[0], -1) @ self.weight.t()
         if self.batch_normalize:
-            y = darknet_batch_norm(y, self.running_mean, self.running_var, self.bn_weight, self.bias, self.training,
-                                   0.05)
+            y = darknet_batch_norm(y, self.running_mean, self.running_var, self.bn_weight, self.bias, self.training)
         else:
             y = y + self.bias
         return self.activation(y).view(x.shape[0], -1, 1, 1)
@@ -108,8 +107,7 @@ class BatchNormLayer(Layer):
         self.register_buffer("running_var", torch.zeros(c))
 
     def forward(self, x, outputs):
-        return darknet_batch_norm(x, self.running_mean, self.running_var, self.bn_weight, self.bias, self.training,
-                                  0.1)
+        return darknet_batch_norm(x, self.running_mean, self.running_var, self.bn_weight, self.bias, self.training)
 
     def darknet_arrays(self):
         return [self.bias, self.bn_weight, self.running_mean, self.running_var]

@@ -9,6 +9,7 @@ from darkpy.activations import activate_fresh
 from darkpy.layers.base import BuildContext, Layer, register
 
 BN_EPS = 1e-5  # Darknet's batch norm epsilon (.00001f)
+GPU_ROLLING_FACTOR = 0.01  # cuDNN exponentialAverageFactor in forward_batchnorm_layer_gpu
 
 
 def darknet_conv_out(size_in: int, padding: int, size: int, stride: int) -> int:
@@ -38,18 +39,15 @@ def darknet_conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
     return y[..., :out_h, :out_w]
 
 
-def darknet_batch_norm(x, running_mean, running_var, weight, bias, training: bool, momentum: float):
-    """Batch norm as Darknet computes it (src/batchnorm_layer.c, blas.c): eps 1e-5, and in training the batch
-    variance with N-1 (N = batch*h*w) both for normalising and for the rolling average.
+def darknet_batch_norm(x, running_mean, running_var, weight, bias, training: bool):
+    """Batch norm as Darknet's GPU build computes it (cuDNN, src/batchnorm_layer.c forward_batchnorm_layer_gpu),
+    the build Darknet users train with: eps 1e-5; in training the biased batch variance for normalising and the
+    unbiased one in the rolling average, with factor .01 — which is torch's own batch_norm.
 
-    torch normalises with the biased variance v_b; Darknet divides by sqrt(v_b*k + eps), k = N/(N-1), which is
-    sqrt(k) * sqrt(v_b + eps/k): the same torch kernel with eps/k and the scale divided by sqrt(k), exactly.
+    Darknet's CPU build differs (N-1 variance, factor .1, inexact backward): docs/train.md says why darkpy
+    follows the GPU build.
     """
-    if not training:
-        return F.batch_norm(x, running_mean, running_var, weight, bias, False, momentum, BN_EPS)
-    n = x.numel() // x.shape[1]
-    k = n / (n - 1) if n > 1 else 1.0
-    return F.batch_norm(x, running_mean, running_var, weight / k ** 0.5, bias, True, momentum, BN_EPS / k)
+    return F.batch_norm(x, running_mean, running_var, weight, bias, training, GPU_ROLLING_FACTOR, BN_EPS)
 
 
 def blur_kernel(antialiasing: int, channels: int) -> torch.Tensor:
@@ -144,7 +142,6 @@ class ConvLayer(Layer):
                 self.bn_weight = nn.Parameter(torch.ones(n))
                 self.register_buffer("running_mean", torch.zeros(n))
                 self.register_buffer("running_var", torch.zeros(n))  # calloc'd in Darknet
-        self.bn_momentum = 0.1  # Darknet's CPU rolling update (rolling = .9 rolling + .1 batch)
         self.fused = False
 
         self.blur = Antialias(self.antialiasing, n, stride_y, stride_x, out_h, out_w) if self.antialiasing else None
@@ -161,7 +158,7 @@ class ConvLayer(Layer):
             y = darknet_conv2d(x, owner.weight, None, self.stride, self.padding, self.dilation, self.groups,
                                self.conv_hw)
             y = darknet_batch_norm(y, owner.running_mean, owner.running_var, owner.bn_weight, owner.bias,
-                                   self.training, self.bn_momentum)
+                                   self.training)
         else:
             y = darknet_conv2d(x, owner.weight, owner.bias, self.stride, self.padding, self.dilation, self.groups,
                                self.conv_hw)
