@@ -154,6 +154,8 @@ def _safe_atan_ratio(box: Box) -> float:
     return math.atan(w / h)
 
 
+# long: box.c's dx_box_iou is one function whose terms share a dozen edges, areas and widths; kept whole, in C's
+# order, so that it can be read against Darknet line by line.
 def dx_box_iou(pred: Box, truth: Box, kind: str) -> Tuple[float, float, float, float]:
     """box.c dx_box_iou: Darknet's analytic gradient of IoU/GIoU/DIoU/CIoU w.r.t. (x, y, w, h) of `pred`.
 
@@ -161,8 +163,6 @@ def dx_box_iou(pred: Box, truth: Box, kind: str) -> Tuple[float, float, float, f
     branches replace the IoU part when the boxes do not overlap, and the intersection terms use the signed
     (possibly negative) overlap widths.
     """
-    # One long function, as box.c's is: every term reads the same dozen edges, areas and widths, and keeping
-    # C's order line by line is what makes the comparison with Darknet checkable.
     px, py, pw, ph = pred
     tx, ty, tw, th = truth
     p_top, p_bot = py - ph / 2, py + ph / 2

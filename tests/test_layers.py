@@ -309,9 +309,10 @@ groups=2
     assert (heads[1][:, :, 5:].sum(dim=2) - 1).abs().max() < 1e-5  # region: softmax over classes
 
 
-def test_training_batch_norm_uses_darknets_unbiased_variance(tmp_path):
-    """Darknet's CPU batch norm (normalize_cpu with variance_cpu) divides by sqrt(var_{N-1} + 1e-5) in training and
-    moves the rolling statistics by 0.1 of the batch's mean and N-1 variance."""
+def test_training_batch_norm_is_darknets_gpu_arithmetic(tmp_path):
+    """Darknet's GPU build (cuDNN, forward_batchnorm_layer_gpu), which users train with: normalise by
+    sqrt(var_N + 1e-5) with the biased batch variance, and move the rolling statistics by .01 of the batch's mean
+    and unbiased (N-1) variance."""
     model = build(tmp_path, "[convolutional]\nbatch_normalize=1\nfilters=3\nsize=1\nactivation=linear\n", w=3, h=2)
     layer = model.layers[0]
     with torch.no_grad():
@@ -322,9 +323,9 @@ def test_training_batch_norm_uses_darknets_unbiased_variance(tmp_path):
     out = model(x)
     conv = torch.nn.functional.conv2d(x, layer.weight)
     mean = conv.mean(dim=(0, 2, 3))
-    var = conv.var(dim=(0, 2, 3), unbiased=True)  # N - 1 = 2*2*3 - 1
-    expected = (conv - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + 1e-5)
+    biased = conv.var(dim=(0, 2, 3), unbiased=False)  # N = 2*2*3
+    expected = (conv - mean.view(1, -1, 1, 1)) / torch.sqrt(biased.view(1, -1, 1, 1) + 1e-5)
     expected = expected * layer.bn_weight.view(1, -1, 1, 1) + layer.bias.view(1, -1, 1, 1)
     assert torch.allclose(out, expected, atol=1e-5)
-    assert torch.allclose(layer.running_mean, 0.1 * mean, atol=1e-6)
-    assert torch.allclose(layer.running_var, 0.1 * var, atol=1e-6)  # rolling variance starts at 0 (calloc)
+    assert torch.allclose(layer.running_mean, 0.01 * mean, atol=1e-7)
+    assert torch.allclose(layer.running_var, 0.01 * conv.var(dim=(0, 2, 3), unbiased=True), atol=1e-7)  # from 0

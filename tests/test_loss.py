@@ -281,9 +281,23 @@ def test_max_delta_clips_iou_deltas():
     assert (np.abs(d_free) > 0.05).any()
 
 
+def test_delta_normalizer_scales_the_gradient_not_the_cost():
+    """backward_yolo_layer_gpu hands delta_normalizer * delta to the layer below; the printed cost is unchanged."""
+    grads, costs = [], []
+    for extra in ("", "delta_normalizer=2.5"):
+        raw = zero_raw().requires_grad_(True)
+        _, result = run(yolo_model(extra), raw, [TRUTH])
+        result.surrogate.backward()
+        grads.append(raw.grad)
+        costs.append(result.cost)
+    assert costs[0] == costs[1]
+    assert torch.count_nonzero(grads[0]) > 0
+    torch.testing.assert_close(grads[1], 2.5 * grads[0])
+
+
 def test_unsupported_heads_and_options():
-    with pytest.warns(UserWarning, match="delta_normalizer"):
-        DarknetLoss(yolo_model("delta_normalizer=2").heads)
+    with pytest.warns(UserWarning, match="embedding_layer"):
+        DarknetLoss(yolo_model("embedding_layer=5").heads)
     with pytest.raises(LossError, match="no \\[yolo\\] or \\[region\\]"):
         DarknetLoss([])
 

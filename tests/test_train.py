@@ -371,7 +371,7 @@ def test_unimplemented_options_give_one_warning(tmp_path):
     text = write_cfg(tmp_path, max_batches=3).read_text()
     text = text.replace("flip=1", "flip=1\ntry_fix_nan=1\nuse_cuda_graph=1")
     text = text.replace("[maxpool]\nsize=2", "[maxpool]\ndont_update=100\nsize=2", 1)
-    text = text.replace("random=0", "random=0\ndelta_normalizer=2")
+    text = text.replace("random=0", "random=0\nembedding_layer=5")
     cfg = tmp_path / "odd.cfg"
     cfg.write_text(text)
     with warnings.catch_warnings(record=True) as caught:
@@ -384,7 +384,7 @@ def test_unimplemented_options_give_one_warning(tmp_path):
     assert "try_fix_nan=1" in train_warnings[0] and "dont_update=100" in train_warnings[0]
     assert "use_cuda_graph" in train_warnings[0]
     loss_warnings = [str(w.message) for w in caught if "loss ignores" in str(w.message)]
-    assert len(loss_warnings) == 1 and "delta_normalizer=2" in loss_warnings[0]
+    assert len(loss_warnings) == 1 and "embedding_layer=5" in loss_warnings[0]
 
 
 def test_sigkill_between_snapshots_then_resume(tmp_path):

@@ -30,7 +30,7 @@ import torch
 from conftest import ORACLE, require
 from darkpy.cfg import CfgWarning
 from darkpy.cli import main as cli_main
-from darkpy.loss import DarknetLoss
+from darkpy.training.loss import DarknetLoss
 from darkpy.model import Darknet
 
 TRAIN_ORACLE = Path(os.environ.get("DARKPY_TRAIN_ORACLE_DIR", ORACLE / "train-steps"))

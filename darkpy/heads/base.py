@@ -180,6 +180,9 @@ class Head(Layer):
         return Cells(flat, col.astype(F32), row.astype(F32), self.anchor_array()[anchor], cols, rows)
 
     # ---- training ---------------------------------------------------------------------------------------------
+    # What the backward multiplies the loss delta by before handing it to the layer below.
+    gradient_scale: float = 1.0
+
     def prepare_loss(self) -> List[str]:
         """Check that darkpy can train this head (LossError if not); return the options it reads but the loss
         does not implement, for one warning."""

@@ -154,6 +154,12 @@ class YoloLayer(Head):
         return np.stack([x, y, w, h], axis=-1)
 
     # ---- training ---------------------------------------------------------------------------------------------
+    @property
+    def gradient_scale(self) -> float:
+        """backward_yolo_layer_gpu hands delta_normalizer * delta to the layer below (Darknet's CPU build ignores
+        delta_normalizer; darkpy follows the GPU build, which users train with)."""
+        return float(self.delta_normalizer)
+
     def prepare_loss(self) -> List[str]:
         """The checks and notes of parse_yolo's training options; reads counters_per_class (one per class)."""
         o = self.options
@@ -163,9 +169,6 @@ class YoloLayer(Head):
             ignored.append(f"iou_thresh_kind={o['iou_thresh_kind']} (Darknet says 'Wrong iou_thresh_kind' and "
                            "uses iou)")
         ignored += super().prepare_loss()
-        if o["delta_normalizer"] != 1.0:
-            ignored.append(f"delta_normalizer={o['delta_normalizer']} (Darknet's GPU build multiplies gradients "
-                           "by it, its CPU build and darkpy do not)")
         if o["embedding_layer"] not in (0, 999999):
             ignored.append(f"embedding_layer={o['embedding_layer']} (tracking embeddings are not trained)")
         return ignored

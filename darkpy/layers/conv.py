@@ -124,6 +124,16 @@ class ConvLayer(Layer):
                           f"on a {w}x{h} input", "size")
         self.conv_hw = (out_h, out_w)
 
+        self._make_parameters(s, ctx, c)
+        self.fused = False
+
+        self.blur = Antialias(self.antialiasing, n, stride_y, stride_x, out_h, out_w) if self.antialiasing else None
+        final_h, final_w = self.blur.out_hw if self.blur else (out_h, out_w)
+        self.out_shape = (n, final_h, final_w)
+
+    def _make_parameters(self, s, ctx: BuildContext, c: int) -> None:
+        """Weights with Darknet's initialisation, or those of the layer `share_index` names."""
+        n, size, groups = self.filters, self.size, self.groups
         share = s.get_int("share_index", None)
         self.share_index = None
         if share is not None:
@@ -133,20 +143,15 @@ class ConvLayer(Layer):
                     or other.batch_normalize != self.batch_normalize:
                 raise s.error(f"layer {self.share_index} is not a convolution of the same shape", "share_index")
             self.shared = [other]  # a list keeps the other layer out of this module's parameters
-        else:
-            fan_in = c // groups * size * size
-            bound = (2.0 / fan_in) ** 0.5  # Darknet's init: U(-1, 1) * sqrt(2 / fan_in)
-            self.weight = nn.Parameter(torch.empty(n, c // groups, size, size).uniform_(-bound, bound))
-            self.bias = nn.Parameter(torch.zeros(n))
-            if self.batch_normalize:
-                self.bn_weight = nn.Parameter(torch.ones(n))
-                self.register_buffer("running_mean", torch.zeros(n))
-                self.register_buffer("running_var", torch.zeros(n))  # calloc'd in Darknet
-        self.fused = False
-
-        self.blur = Antialias(self.antialiasing, n, stride_y, stride_x, out_h, out_w) if self.antialiasing else None
-        final_h, final_w = self.blur.out_hw if self.blur else (out_h, out_w)
-        self.out_shape = (n, final_h, final_w)
+            return
+        fan_in = c // groups * size * size
+        bound = (2.0 / fan_in) ** 0.5  # Darknet's init: U(-1, 1) * sqrt(2 / fan_in)
+        self.weight = nn.Parameter(torch.empty(n, c // groups, size, size).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(n))
+        if self.batch_normalize:
+            self.bn_weight = nn.Parameter(torch.ones(n))
+            self.register_buffer("running_mean", torch.zeros(n))
+            self.register_buffer("running_var", torch.zeros(n))  # calloc'd in Darknet
 
     # Parameters live on the owner when share_index is used.
     def _owner(self) -> "ConvLayer":

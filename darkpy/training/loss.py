@@ -7,8 +7,8 @@ computes its deltas (`head.deltas`, darkpy.heads) from its activated output (`he
 sums over the heads and returns the surrogate `-(delta.detach() * raw).sum()`, whose gradient w.r.t. `raw` is
 exactly `-delta`; the cost Darknet prints is reported separately.
 
-The deltas follow Darknet's CPU code: the GPU build additionally multiplies them by `delta_normalizer` (and
-`loss_scale`); the CPU build, and darkpy, do not (a warning says so when delta_normalizer is set).
+As Darknet's GPU build does, the gradient handed to the layer below is the delta times the head's
+`gradient_scale` ([yolo] `delta_normalizer`); the printed cost is that of the unscaled delta.
 
 Truths are (B, T, 5) rows `[x, y, w, h, class]` relative to the network input; as in Darknet a row with x == 0 ends
 an image's list.
@@ -77,10 +77,11 @@ class DarknetLoss:
         deltas_np, stats = self.deltas(raw_outputs, truths, net_w, net_h, seen)
         surrogate = None
         deltas = []
-        for raw, delta_np in zip(raw_outputs, deltas_np):
+        for head, raw, delta_np in zip(self.heads, raw_outputs, deltas_np):
             delta = torch.from_numpy(delta_np).to(raw.device)
             deltas.append(delta)
-            term = -(delta * raw.float()).sum()  # d term / d raw = -delta: Darknet's backward copies delta
+            # d term / d raw = -delta * scale: Darknet's backward adds the (scaled) delta to the layer below
+            term = -(delta * raw.float()).sum() * head.gradient_scale
             surrogate = term if surrogate is None else surrogate + term
         cost = sum(s.cost for s in stats) / len(stats)
         return LossResult(surrogate=surrogate, cost=cost, heads=stats, deltas=deltas)
