@@ -16,6 +16,8 @@ COMMANDS = {
     "detect": ("darkpy.commands.detect", "detect objects in images, folders, lists and videos (darknet detector test/demo)"),
     "map": ("darkpy.commands.map", "mean average precision on a .data file's valid list (darknet detector map)"),
     "train": ("darkpy.commands.train", "train a cfg on a darknet dataset (darknet detector train)"),
+    "classifier": ("darkpy.commands.classifier",
+                   "top classes of images, or accuracy on a valid list (darknet classifier predict|valid)"),
     "summary": ("darkpy.commands.summary", "layer table, BFLOPs and parameter count of a cfg"),
     "partial": ("darkpy.commands.partial", "copy the first N layers of a weights file (darknet partial)"),
     "paths": ("darkpy.commands.paths", "gradient-path analysis of a cfg"),

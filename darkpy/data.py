@@ -68,6 +68,18 @@ class DataConfig:
         value = self.options.get(key)
         return None if value is None else resolve_path(value, self.path)
 
+    def existing_file(self, key: str, default: Optional[str]) -> Optional[str]:
+        """The file a key names (Darknet's default when the key is absent), resolved as darknet opens it; a
+        DataError naming the line when it does not exist; None when absent without a default."""
+        value = self.options.get(key, default)
+        if value is None:
+            return None
+        path = resolve_path(value, self.path)
+        if not os.path.exists(path):
+            where = self.where(key) if key in self.options else f"{self.path} (no `{key}` line; darknet's default)"
+            raise DataError(f"{where}: {key} file {value!r} does not exist")
+        return path
+
 
 def _strip_all_whitespace(line: str) -> str:
     # darknet's utils.c `strip` deletes every space, tab, CR and LF anywhere in the line, not only at the ends.

@@ -7,7 +7,6 @@ arithmetic (darkpy.evaluation.metrics).
 """
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -53,25 +52,14 @@ class MapDataset:
     difficult_paths: Optional[List[str]] = None
 
 
-def _resolve_list(config: DataConfig, key: str, default: Optional[str]) -> Optional[str]:
-    value = config.options.get(key, default)
-    if value is None:
-        return None
-    path = resolve_path(value, config.path)
-    if not os.path.exists(path):
-        where = config.where(key) if key in config.options else f"{config.path} (no `{key}` line; darknet's default)"
-        raise DataError(f"{where}: {key} file {value!r} does not exist")
-    return path
-
-
 def load_map_dataset(data_path: str) -> MapDataset:
     """Read the .data file and the files it names, resolving paths as darknet does (see resolve_path)."""
     config = read_data_config(data_path)
-    list_path = _resolve_list(config, "valid", DEFAULT_VALID)
-    names_path = _resolve_list(config, "names", DEFAULT_NAMES)
+    list_path = config.existing_file("valid", DEFAULT_VALID)
+    names_path = config.existing_file("names", DEFAULT_NAMES)
     assert list_path is not None and names_path is not None
     image_paths = [resolve_path(path, list_path) for path in read_image_list(list_path)]
-    difficult_list = _resolve_list(config, "difficult", None)
+    difficult_list = config.existing_file("difficult", None)
     difficult_paths = None
     if difficult_list is not None:
         difficult_paths = [resolve_path(path, difficult_list) for path in read_image_list(difficult_list)]

@@ -1,0 +1,146 @@
+"""`darkpy classifier predict|valid DATA CFG WEIGHTS [IMAGE]`: Darknet's `classifier predict` and `classifier
+valid` (src/classifier.c predict_classifier, validate_classifier_single), printing exactly what they print.
+
+predict: the top k classes of each image (`-t N`/`--top N`, else the .data file's `top=`, else 1), with the
+names of the .data file's `names=` (or `labels=`); without an image, paths are read from standard input, one a
+line, after Darknet's `Enter Image Path: ` prompt. valid: top-1 and top-k accuracy over the `valid=` list, the
+true class of an image being the first of the `labels=` names that occurs in its path, as Darknet finds it.
+Both load the network as Darknet does for inference (batch 1, batch norm folded).
+"""
+import argparse
+import sys
+import time
+from typing import Iterator, List, Optional, Sequence
+
+from darkpy.commands.common import INPUT_ERRORS, UsageError, fail, load_model
+from darkpy.data import DataConfig, read_data_config, read_image_list, read_names, resolve_path
+from darkpy.evaluation.classify import Classifier, top_k
+from darkpy.image import ImageError, load_image
+
+DEFAULT_LABELS = "data/labels.list"  # option_find_str(options, "labels", "data/labels.list")
+DEFAULT_VALID = "data/train.list"
+DEFAULT_CLASSES = 2
+ACTIONS = ("predict", "valid")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=ACTIONS, help="predict: top classes of images; valid: accuracy")
+    parser.add_argument("data", help="darknet .data file (classes, names or labels, top, valid)")
+    parser.add_argument("cfg", help="the classifier's .cfg")
+    parser.add_argument("weights", nargs="?", help="its .weights (without it: the cfg's random initialisation)")
+    parser.add_argument("image", nargs="?", help="predict: an image (without it: paths from standard input)")
+    parser.add_argument("-t", "--top", type=int, default=0, help="predict: how many classes (default: .data top=)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        data = read_data_config(args.data)
+        model = load_model(args.cfg, args.weights, cfg_warnings="ignore", command="classifier")
+        model.eval()
+        model.fuse()
+        classifier = Classifier(model)
+        if args.action == "predict":
+            return predict(classifier, data, args.image, args.top)
+        return validate(classifier, data)
+    except INPUT_ERRORS as error:
+        return fail("classifier", error)
+
+
+def _option_int(data: DataConfig, key: str, default: int) -> int:
+    value = data.options.get(key)
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        raise UsageError(f"{data.where(key)}: {key}={value} is not an integer") from None
+
+
+def _check_outputs(classifier: Classifier, classes: int, data: DataConfig) -> None:
+    """predict_classifier stops when a [softmax]/[cost] network's outputs differ from the .data classes."""
+    last = classifier.model.layers[-1]
+    if last.type in ("softmax", "cost") and classes != classifier.classes:
+        raise UsageError(f"{data.where('classes')}: classes={classes}, but the cfg's last layer has "
+                         f"{classifier.classes} outputs (Darknet: 'num of filters ... doesn't match to classes')")
+
+
+def _darknet_layer_c(layer) -> int:
+    """The `l.c` predict_classifier prints for the last layer: its input channels; a [connected] layer keeps
+    its input count there, a [cost] layer nothing (0)."""
+    if layer.type == "cost":
+        return 0
+    c, h, w = layer.in_shape
+    return c * h * w if layer.type == "connected" else c
+
+
+def _image_paths(image: Optional[str]) -> Iterator[str]:
+    """The one image given, or paths read from standard input after Darknet's prompt."""
+    if image is not None:
+        yield image
+        return
+    while True:
+        print("Enter Image Path: ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return
+        yield line.rstrip("\n")
+
+
+def predict(classifier: Classifier, data: DataConfig, image: Optional[str], top: int) -> int:
+    classes = _option_int(data, "classes", DEFAULT_CLASSES)
+    names_path = data.existing_file("names", None) or data.existing_file("labels", DEFAULT_LABELS)
+    names = read_names(names_path)
+    print(f" classes = {classes}, output in cfg = {_darknet_layer_c(classifier.model.layers[-1])} ")
+    _check_outputs(classifier, classes, data)
+    top = min(top or _option_int(data, "top", 1), classes)
+    failed = 0
+    for path in _image_paths(image):
+        try:
+            picture = load_image(path)
+        except ImageError as error:
+            failed += 1
+            print(f"darkpy classifier: error: {error}", file=sys.stderr)
+            continue
+        print(f"{classifier.model.width} {classifier.model.height}")
+        started = time.perf_counter()
+        scores = classifier.predict(picture)
+        print(f"{path}: Predicted in {(time.perf_counter() - started) * 1000:f} milli-seconds.")
+        for index in top_k(scores, top):
+            print(f"{_name(names, index)}: {scores[index]:f}")
+    return 1 if failed else 0
+
+
+def _name(names: Sequence[str], index: int) -> str:
+    return names[index] if index < len(names) else f"class {index}"
+
+
+def true_class(path: str, labels: Sequence[str]) -> int:
+    """validate_classifier_single: the first label (in the labels file's order) found in the path, -1 if none."""
+    return next((i for i, label in enumerate(labels) if label in path), -1)
+
+
+def validate(classifier: Classifier, data: DataConfig) -> int:
+    labels = read_names(data.existing_file("labels", DEFAULT_LABELS))
+    list_path = data.existing_file("valid", DEFAULT_VALID)
+    paths = [resolve_path(p, list_path) for p in read_image_list(list_path)]
+    classes = _option_int(data, "classes", DEFAULT_CLASSES)
+    topk = min(_option_int(data, "top", 1), classes)
+    print(" TOP calculation...")
+    top1 = topn = 0
+    unlabelled: List[str] = []
+    for i, path in enumerate(paths):
+        truth = true_class(path, labels[:classes])
+        if truth < 0:
+            unlabelled.append(path)
+        try:
+            scores = classifier.predict(load_image(path))
+        except ImageError as error:
+            print(f"darkpy classifier: error: {error} (counted as wrong)", file=sys.stderr)
+            continue
+        best = top_k(scores[:classes], topk)
+        top1 += best[0] == truth
+        topn += truth in best
+        print(f"\n{i}: top 1: {top1 / (i + 1):f}, top {topk}: {topn / (i + 1):f}", end="")
+    print()
+    if unlabelled:
+        print(f"darkpy classifier: warning: {len(unlabelled)} image path(s) contain no label name (counted as "
+              f"wrong, as Darknet counts them), e.g. {unlabelled[0]}", file=sys.stderr)
+    return 0
