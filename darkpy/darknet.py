@@ -232,12 +232,13 @@ def rgbgr_image(image: IMAGE) -> None:
 
 def _forward(net: Network, inputs: np.ndarray) -> None:
     """Run the network on (B, 3, H, W) inputs and keep its outputs for get_network_boxes."""
+    inputs = np.ascontiguousarray(inputs, dtype=F32)
     if net.detector is not None:
         net.outputs = net.detector.forward(inputs)
         return
     device = next(net.model.parameters()).device  # a network without detection head: its last output
     with torch.inference_mode():
-        net.outputs = [net.model(torch.from_numpy(np.ascontiguousarray(inputs)).to(device)).float().cpu().numpy()]
+        net.outputs = [net.model(torch.from_numpy(inputs).to(device)).float().cpu().numpy()]
 
 
 def _last_output(net: Network) -> np.ndarray:
@@ -275,14 +276,16 @@ def predict_image_letterbox(net: Network, image: IMAGE) -> np.ndarray:
 
 def _as_detections(boxes: BoxSet, best_class_idx: np.ndarray) -> List[DETECTION]:
     classes = boxes.probs.shape[1]
-    return [DETECTION(BOX(*xywh), classes, int(best), prob, objectness=objectness)
-            for xywh, best, prob, objectness in zip(boxes.xywh.tolist(), best_class_idx, boxes.probs.tolist(),
-                                                     boxes.objectness.tolist())]
+    uncertainty = [None] * len(boxes) if boxes.uncertainty is None else boxes.uncertainty.tolist()  # Gaussian
+    return [DETECTION(BOX(*xywh), classes, int(best), prob, objectness=objectness, uc=uc)
+            for xywh, best, prob, objectness, uc in zip(boxes.xywh.tolist(), best_class_idx, boxes.probs.tolist(),
+                                                         boxes.objectness.tolist(), uncertainty)]
 
 
 def _best_class_idx(head: Any, probs: np.ndarray) -> np.ndarray:
     """Darknet sets best_class_idx only for [region] boxes (the first highest prob, -1 when all are 0); the
-    other heads leave calloc's 0 in it, which remove_negatives_faster then reads as it is."""
+    other heads leave calloc's 0 in it, which remove_negatives_faster then reads as it is. (A quirk of C's
+    fill_network_boxes rather than of the head, hence the test on the type here.)"""
     if head.type != "region" or probs.shape[1] == 0:
         return np.zeros(len(probs), np.int64)
     return np.where(probs.max(axis=1) > 0, probs.argmax(axis=1), -1)
@@ -292,6 +295,9 @@ def _image_detections(net: Network, index: int, w: int, h: int, thresh: float, h
                       letter: int) -> List[DETECTION]:
     """The detections of image `index` of the last forward pass (fill_network_boxes): relative boxes, or in
     pixels of a w x h image when relative is 0 (correct_yolo_boxes multiplies in float)."""
+    if net.detector is None:
+        raise ValueError(f"{net.model.cfg_path}: the network has no [yolo], [Gaussian_yolo] or [region] layer, "
+                         f"so it has no boxes")
     detections: List[DETECTION] = []
     for output, head in zip(net.outputs, net.detector.heads):
         boxes = head.decode(output[index], net.size, (w, h), thresh, hier, bool(letter))

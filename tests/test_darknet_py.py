@@ -335,3 +335,17 @@ def test_load_meta_reads_the_data_file(data_file, tmp_path):
     no_classes = tmp_path / "x.data"
     no_classes.write_text(f"names={REPO / 'data' / 'coco.names'}\n")
     assert darknet.load_meta(str(no_classes)).classes == 2  # get_metadata's default
+
+
+def test_a_classifier_predicts_its_probabilities_and_has_no_boxes(tmp_path):
+    """darknet_images.image_classification's calls on a network without a detection layer."""
+    cfg = tmp_path / "classifier.cfg"
+    cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n[convolutional]\nfilters=4\nsize=1\nstride=1\n"
+                   "activation=linear\n\n[avgpool]\n\n[softmax]\n")
+    network = darknet.load_net_custom(str(cfg).encode(), b"", 0, 1)  # no weights: the cfg's initialisation
+    image = darknet.make_image(8, 8, 3)
+    darknet.copy_image_from_bytes(image, np.full((8, 8, 3), 200, np.uint8).tobytes())
+    probabilities = darknet.predict_image(network, image)
+    assert probabilities.shape == (4,) and probabilities.sum() == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="no \\[yolo\\]"):
+        darknet.get_network_boxes(network, 8, 8, 0.5, 0.5, None, 0, None, 0)
