@@ -7,6 +7,7 @@ copied with `import darknet` changed to `from darkpy import darknet`.
 """
 import ctypes
 import hashlib
+import importlib.util
 import os
 import random
 import subprocess
@@ -17,8 +18,9 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED, require
+from conftest import ORACLE, REPO, SHARED, require
 from darkpy import darknet
+from oracle_utils import make_weights
 
 FIXTURES = Path(__file__).parent / "fixtures" / "darknet_py"
 IMAGES = ["grace_hopper.jpg", "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]  # the list's order
@@ -158,6 +160,41 @@ def test_network_predict_batch_matches_batch_detection(data_file):
             assert confidence == pytest.approx(want_confidence, rel=1e-4)  # the forward adds in another order
             assert box == pytest.approx(want_box, rel=1e-4)
     darknet.free_batch_detections(pairs, 5)
+
+
+# ============================================================================ a [region] network
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, FIXTURES / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def numbers_close(ours: str, expected: str) -> bool:
+    """Lines of a label and numbers: the label equal, the numbers within 2e-5 (their last printed digit is where
+    the forward's float rounding shows)."""
+    a, b = ours.split(" "), expected.split(" ")
+    return a[0] == b[0] and len(a) == len(b) and all(abs(float(x) - float(y)) <= 2e-5 for x, y in zip(a[1:], b[1:]))
+
+
+def test_region_network_with_seeded_weights_matches_darknet(data_file, tmp_path, capsys):
+    """yolov2-tiny ([region]: every cell a detection, best_class_idx set) with the oracle's seeded weights,
+    through tools/api_driver.py: detect_image at the network size and at the image's own size (resized by
+    predict_image), and remove_negatives_faster on relative boxes."""
+    fixture = require(ORACLE / "yolov2-tiny")
+    weights = make_weights(ORACLE, fixture, tmp_path / "yolov2-tiny.weights")
+    images = [str(REPO / "data" / "images" / name) for name in ("grace_hopper.jpg", "coffee.png")]
+    capsys.readouterr()
+    load_tool("api_driver").report(darknet, str(fixture / "cfg.cfg"), str(weights), str(data_file), 0.0082, images)
+    ours = capsys.readouterr().out.splitlines()
+    expected = (FIXTURES / "region_seeded_yolov2_tiny.stdout").read_text().splitlines()
+    expected = expected[next(i for i, line in enumerate(expected) if line.startswith("==")):]
+    assert len(ours) == len(expected)
+    faster = False
+    for line, want in zip(ours, expected):
+        faster = line.startswith("== remove_negatives_faster") or (faster and not line.startswith("=="))
+        assert line == want or (faster and numbers_close(line, want)), (line, want)
 
 
 # ============================================================================ darknet_video.py
