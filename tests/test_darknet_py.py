@@ -3,7 +3,8 @@ darknet.py over libdarknet.so (tests/fixtures/darknet_py/README.md says how the 
 
 The tests call the module as darknet_images.py and darknet_video.py call it, step by step, and compare the
 printed lines. With DARKPY_DARKNET_SOURCE pointing at a Darknet source checkout, the scripts themselves run too,
-copied with `import darknet` changed to `from darkpy import darknet`.
+copied with `import darknet` changed to `from darkpy import darknet`, and with libdarknet.so built there, the
+NMS functions are compared with libdarknet's on random detections.
 """
 import ctypes
 import hashlib
@@ -283,6 +284,54 @@ def test_darknet_video_script_runs_unchanged(script_folder):
     arguments = ["--input", "video.avi", "--ext_output", "--thresh", "0.05"] + network
     stdout = run_changed_script(source, folder, "darknet_video.py", arguments, runner="run_headless.py")
     assert script_lines(stdout) == fixture_lines("video_thresh005.stdout")
+
+
+@pytest.fixture
+def original_darknet():
+    """Darknet's own darknet.py over the libdarknet.so built beside it in DARKPY_DARKNET_SOURCE."""
+    if not DARKNET_SOURCE or not (Path(DARKNET_SOURCE) / "libdarknet.so").exists():
+        pytest.skip("set DARKPY_DARKNET_SOURCE to a Darknet source checkout with libdarknet.so built (LIBSO=1)")
+    spec = importlib.util.spec_from_file_location("darknet_original", Path(DARKNET_SOURCE) / "darknet.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def random_detections(rng: random.Random, count: int, classes: int) -> list:
+    """(box, objectness, probs) as float32 values: some objectness 0, many probabilities 0 or tied at 0.5."""
+    def f32(value):
+        return float(np.float32(value))
+    return [([f32(rng.uniform(0, 1)), f32(rng.uniform(0, 1)), f32(rng.uniform(.05, .4)), f32(rng.uniform(.05, .4))],
+             0.0 if rng.random() < .1 else f32(rng.uniform(0, 1)),
+             [f32(rng.choice([0.0, 0.0, 0.5, rng.uniform(0, 1)])) for _ in range(classes)]) for _ in range(count)]
+
+
+def nms_in_c(original, rows, classes, function, thresh):
+    array = (original.DETECTION * len(rows))()
+    keep = []  # the probability arrays must outlive the call
+    for detection, (box, objectness, probs) in zip(array, rows):
+        detection.bbox, detection.objectness, detection.classes = original.BOX(*box), objectness, classes
+        keep.append((ctypes.c_float * classes)(*probs))
+        detection.prob = ctypes.cast(keep[-1], original.FloatPtr)
+    getattr(original, function)(ctypes.cast(array, original.DETECTIONPtr), len(rows), classes, thresh)
+    return [((d.bbox.x, d.bbox.y, d.bbox.w, d.bbox.h), d.objectness, d.prob[:classes]) for d in array]
+
+
+def nms_in_darkpy(rows, classes, function, thresh):
+    detections = [darknet.DETECTION(darknet.BOX(*box), classes, 0, list(probs), objectness=objectness)
+                  for box, objectness, probs in rows]
+    getattr(darknet, function)(detections, len(detections), classes, thresh)
+    return [((d.bbox.x, d.bbox.y, d.bbox.w, d.bbox.h), d.objectness, d.prob) for d in detections]
+
+
+@pytest.mark.parametrize("function", ["do_nms_sort", "do_nms_obj"])
+def test_nms_orders_and_suppresses_as_libdarknet(original_darknet, function):
+    rng = random.Random(5)
+    for _ in range(300):
+        classes = rng.randint(1, 4)
+        rows, thresh = random_detections(rng, rng.randint(1, 30), classes), rng.choice([0.3, 0.45, 0.6])
+        assert nms_in_darkpy(rows, classes, function, thresh) == nms_in_c(original_darknet, rows, classes, function,
+                                                                          thresh)
 
 
 # ============================================================================ the small functions
