@@ -3,7 +3,7 @@
 
 Reproduced from AlexeyAB darknet:
 - src/box.c `box_iou`, `box_giou`, `box_diou`, `box_diounms`, `box_ciou`, `dx_box_iou`, `do_nms_sort`,
-  `diounms_sort`;
+  `diounms_sort`, `do_nms_obj`;
 - src/yolo_layer.c `correct_yolo_boxes`, src/gaussian_yolo_layer.c `correct_gaussian_yolo_boxes`;
 - src/network.c `get_network_boxes`;
 - src/image.c `draw_detections_v3` / `get_actual_detections` (console output).
@@ -412,12 +412,14 @@ def _suppression_metric(kind: str, beta: float):
     raise ValueError(f"unknown nms_kind {kind!r} (expected one of {', '.join(NMS_KINDS)})")
 
 
-def nms_sort(boxes: BoxSet, thresh: float, kind: str = "default", beta: float = 0.6) -> BoxSet:
-    """Darknet's per-class NMS (do_nms_sort; diounms_sort for greedynms/diounms/cornersnms).
+def nms_sort_order(boxes: BoxSet, thresh: float, kind: str = "default", beta: float = 0.6
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """Darknet's per-class NMS (do_nms_sort; diounms_sort for greedynms/diounms/cornersnms), as the order it
+    leaves the boxes in (indices into `boxes`) and their probabilities in that order.
 
     Boxes with objectness 0 go to the end and are left alone; then for each class k: a stable sort by
     prob[k] descending (glibc's qsort is a merge sort), and every later box whose metric with a kept box
-    is > thresh gets prob[k] = 0. Returns the boxes in Darknet's final order, probabilities updated."""
+    is > thresh gets prob[k] = 0."""
     order, total = _objectness_zero_to_end(boxes)
     probs = boxes.probs.copy()
     metric = _suppression_metric(kind, beta)
@@ -437,9 +439,38 @@ def nms_sort(boxes: BoxSet, thresh: float, kind: str = "default", beta: float = 
             overlap = metric(boxes.xywh[kept][None, :], boxes.xywh[later])
             probs[later[overlap > thresh], k] = 0
     final = np.concatenate([active, order[total:]])
+    return final, probs[final]
+
+
+def nms_sort(boxes: BoxSet, thresh: float, kind: str = "default", beta: float = 0.6) -> BoxSet:
+    """Darknet's per-class NMS (nms_sort_order): the boxes in Darknet's final order, probabilities updated."""
+    final, probs = nms_sort_order(boxes, thresh, kind, beta)
     result = boxes.take(final)
-    result.probs = probs[final]
+    result.probs = probs
     return result
+
+
+def nms_obj_order(boxes: BoxSet, thresh: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Darknet's do_nms_obj (class-blind NMS), as the order it leaves the boxes in (indices into `boxes`) and
+    their objectness and probabilities in that order.
+
+    Boxes with objectness 0 go to the end; the others are stably sorted by objectness, descending, and every
+    later box whose IoU with a kept one is > thresh gets objectness 0 and all probabilities 0."""
+    order, total = _objectness_zero_to_end(boxes)
+    active = order[:total]
+    active = active[np.argsort(-boxes.objectness[active], kind="stable")]
+    final = np.concatenate([active, order[total:]])
+    objectness, probs = boxes.objectness[final].copy(), boxes.probs[final].copy()
+    xywh, thresh = boxes.xywh[final], F32(thresh)
+    for i in range(total - 1):
+        if objectness[i] == 0:
+            continue
+        later = np.arange(i + 1, total)
+        later = later[objectness[later] != 0]
+        suppressed = later[box_iou(xywh[i][None, :], xywh[later]) > thresh]
+        objectness[suppressed] = 0
+        probs[suppressed] = 0
+    return final, objectness, probs
 
 
 def do_nms_sort(boxes: BoxSet, thresh: float) -> BoxSet:
