@@ -329,3 +329,25 @@ def test_training_batch_norm_is_darknets_gpu_arithmetic(tmp_path):
     assert torch.allclose(out, expected, atol=1e-5)
     assert torch.allclose(layer.running_mean, 0.01 * mean, atol=1e-7)
     assert torch.allclose(layer.running_var, 0.01 * conv.var(dim=(0, 2, 3), unbiased=True), atol=1e-7)  # from 0
+
+
+def test_implicit_output_needs_no_grad_under_inference_mode(tmp_path):
+    model = build(tmp_path, "[implicit]\nfilters=4\n", w=2, h=2, c=1)
+    with torch.inference_mode():
+        out = model(torch.zeros(2, 1, 2, 2))
+    assert not out.requires_grad
+    assert out.numpy().shape == (2, 4, 1, 1)
+    model.train()
+    assert model(torch.zeros(1, 1, 2, 2)).requires_grad  # training still reaches the parameter
+
+
+def test_region_with_no_classes_is_objectness_only(tmp_path):
+    # parse_region reads classes=0 as it is: each anchor has x, y, w, h and objectness only.
+    body = "[convolutional]\nfilters=10\nsize=1\nactivation=linear\n[region]\nclasses=0\nnum=2\nanchors=1,1,2,2\n"
+    model = build(tmp_path, body, w=4, h=4, c=1)
+    with torch.inference_mode():
+        out = model(torch.rand(1, 1, 4, 4))[0]
+    assert out.shape == (1, 2, 5, 4, 4)
+    head = model.heads[0]
+    boxes = head.decode(out[0].numpy(), (4, 4), (4, 4), thresh=0.0)
+    assert boxes.probs.shape == (32, 0)

@@ -23,6 +23,7 @@ class RegionLayer(Head):
     """YOLOv2: anchors in grid cells; the logistic on objectness, softmax over classes; x, y, w, h raw."""
 
     OPTIONS = REGION_OPTIONS
+    min_classes = 0  # parse_region takes classes=0 (objectness only, no class entries)
     softmax: int
     thresh: float
     classfix: int

@@ -194,7 +194,10 @@ class ImplicitLayer(Layer):
         self.out_shape = (filters, atoms, 1)
 
     def forward(self, x, outputs):
-        return self.weight.view(1, *self.out_shape).expand(x.shape[0], *self.out_shape)
+        # The parameter itself would carry requires_grad into inference_mode / no_grad callers (their .numpy()
+        # fails): outside autograd the output is a detached view.
+        weight = self.weight if torch.is_grad_enabled() else self.weight.detach()
+        return weight.view(1, *self.out_shape).expand(x.shape[0], *self.out_shape)
 
     def darknet_arrays(self):
         return [self.weight]
