@@ -56,6 +56,11 @@ class Darknet(nn.Module):
     @staticmethod
     def _size(net: Section, key: str, override: Optional[int]) -> int:
         value = override if override is not None else net.get_int(key, 0)
+        if (value is None or value < 1) and net.has("inputs"):
+            # Darknet's text and sequence models (cfg/rnn.cfg, gru.cfg, lstm.train.cfg...): `inputs=` values a
+            # step and no image; C Darknet itself stops on them outside its `rnn` command.
+            raise net.error(f"is not set: this [net] takes inputs={net.get_str('inputs')} values, not an image "
+                            f"(a text or sequence model for Darknet's rnn command, which darkpy does not build)", key)
         if value is None or value < 1:
             raise net.error(f"must be a positive integer (got {value})", key)
         return value
