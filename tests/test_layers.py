@@ -351,3 +351,22 @@ def test_region_with_no_classes_is_objectness_only(tmp_path):
     head = model.heads[0]
     boxes = head.decode(out[0].numpy(), (4, 4), (4, 4), thresh=0.0)
     assert boxes.probs.shape == (32, 0)
+
+
+def test_shortcut_between_sizes_samples_as_pjreddie_darknet(tmp_path):
+    # pjreddie's shortcut_cpu: a larger `from` map is read every stride-th pixel; a smaller one is added at every
+    # sample-th pixel of the previous output, the pixels between pass through.
+    body = ("[activation]\nactivation=linear\n[maxpool]\nsize=2\nstride=2\n[shortcut]\nfrom=0\nactivation=linear\n"
+            "[upsample]\nstride=2\n[shortcut]\nfrom=2\nactivation=linear\n")
+    model = build(tmp_path, body, w=4, h=4, c=1)
+    outputs = run_all(model, torch.arange(16.0).view(1, 1, 4, 4))
+    # maxpool [[5, 7], [13, 15]] + x[::2, ::2] [[0, 2], [8, 10]]
+    assert outputs[2][0, 0].tolist() == [[5, 9], [21, 25]]
+    # upsampled [[5, 5, 9, 9], ...] + layer 2 at the even rows and columns
+    assert outputs[4][0, 0].tolist() == [[10, 5, 18, 9], [5, 5, 9, 9], [42, 21, 50, 25], [21, 21, 25, 25]]
+
+
+def test_shortcut_refuses_sizes_out_of_ratio(tmp_path):
+    body = "[maxpool]\nsize=2\nstride_x=2\nstride_y=1\n[shortcut]\nfrom=-2\n"
+    with pytest.raises(Exception, match="same whole ratio"):
+        build(tmp_path, "[activation]\nactivation=linear\n" + body, w=4, h=4, c=1)

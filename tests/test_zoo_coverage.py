@@ -31,8 +31,6 @@ REFUSED = {
     "yolov4-tiny_contrastive.cfg": "contrastive learning layers are not supported",
     "darknet53_448_xnor.cfg": "xnor=1", "tiny-yolo_xnor.cfg": "xnor=1", "yolov3-tiny_xnor.cfg": "xnor=1",
     "strided.cfg": "'.2' is not an integer",
-    "resnet50.cfg": "a shortcut adds layers", "resnet101.cfg": "a shortcut adds layers",
-    "resnet152.cfg": "a shortcut adds layers", "resnext152-32x4d.cfg": "a shortcut adds layers",
 }
 
 
