@@ -370,3 +370,21 @@ def test_shortcut_refuses_sizes_out_of_ratio(tmp_path):
     body = "[maxpool]\nsize=2\nstride_x=2\nstride_y=1\n[shortcut]\nfrom=-2\n"
     with pytest.raises(Exception, match="same whole ratio"):
         build(tmp_path, "[activation]\nactivation=linear\n" + body, w=4, h=4, c=1)
+
+
+def test_xnor_convolution_pads_with_minus_one_at_inference(tmp_path):
+    # Weights become sign(w) * mean|w| per filter, inputs sign(x) (+1 where x > 0, else -1). Darknet's inference
+    # (bit-packed) path reads the border as a 0 bit, i.e. -1; its training (float) path pads with 0.
+    model = build(tmp_path, "[convolutional]\nxnor=1\nfilters=1\nsize=3\npad=1\nactivation=linear\n", w=3, h=3, c=1)
+    layer = model.layers[0]
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, -2.0]).view(1, 1, 3, 3))
+    x = torch.full((1, 1, 3, 3), 0.3)
+    with torch.no_grad():
+        inference = model(x)[0, 0]
+        training = model.train()(x)[0, 0]
+    # centre: 8 taps agree, 1 disagrees -> (8 - 1) * 2; corner (0, 0): 4 taps inside (the last is w < 0), 5 border
+    assert inference[1, 1].item() == 14.0 and training[1, 1].item() == 14.0
+    assert inference[0, 0].item() == (3 - 1 - 5) * 2.0
+    assert training[0, 0].item() == (3 - 1) * 2.0
+    assert model.layers[0].bflops() == 2.0 * 9 * 9 / 1e9 / 32  # Darknet counts XNOR operations as 1/32

@@ -1,7 +1,9 @@
 """Every fixture of the oracle (C Darknet outputs for seeded weights) against darkpy, layer by layer.
 
 The fixture folder comes from DARKPY_ORACLE_DIR (default ../shared/oracle), so another fixture set in the same
-format is checked by the same test.
+format is checked by the same test; tests/fixtures adds the repository's own (XNOR networks). A fixture of a
+Darknet zoo cfg that ../shared does not hold keeps only Darknet's outputs and names the cfg in zoo_cfg.txt: it is
+built from DARKPY_DARKNET_CFG (Darknet's cfg/ folder) at the size its summary.json states, or skipped.
 """
 import json
 import warnings
@@ -10,26 +12,33 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ORACLE
+from conftest import DARKNET_CFG, LOCAL_FIXTURES, ORACLE, require
 from darkpy.model import Darknet
 from oracle_utils import close_to_darknet, fixture_dirs, layer_stats_close, make_weights
 
-FIXTURES = fixture_dirs(ORACLE) if ORACLE.is_dir() else []
+FIXTURES = (fixture_dirs(ORACLE) if ORACLE.is_dir() else []) + fixture_dirs(LOCAL_FIXTURES)
 
 
-def build(fixture):
+def build(fixture, summary):
+    if (fixture / "cfg.cfg").exists():
+        cfg, width, height = fixture / "cfg.cfg", None, None
+    else:
+        if DARKNET_CFG is None:
+            pytest.skip(f"{fixture.name}: set DARKPY_DARKNET_CFG to Darknet's cfg/ folder to build its zoo cfg")
+        cfg = require(DARKNET_CFG / (fixture / "zoo_cfg.txt").read_text().strip())
+        width, height = summary["input"][:2]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zoo cfgs carry keys Darknet itself ignores
-        return Darknet.from_cfg(fixture / "cfg.cfg")
+        return Darknet.from_cfg(cfg, width=width, height=height)
 
 
 @pytest.mark.skipif(not FIXTURES, reason=f"no oracle fixtures in {ORACLE} (set DARKPY_ORACLE_DIR or add ../shared)")
 @pytest.mark.parametrize("fixture", FIXTURES, ids=[f.name for f in FIXTURES])
 def test_fixture_matches_darknet(fixture, tmp_path):
-    model = build(fixture)
-    report = model.load_weights(make_weights(ORACLE, fixture, tmp_path / "w.weights"))
-    assert report.complete
     summary = json.loads((fixture / "summary.json").read_text())
+    model = build(fixture, summary)
+    report = model.load_weights(make_weights(require(ORACLE), fixture, tmp_path / "w.weights"))
+    assert report.complete
     assert len(model.layers) == summary["n_layers"]
     assert model.count_weight_floats() == summary["n_weights_floats"]
     assert f"{model.total_bflops():.3f}" == f"{summary['total_bflops']:.3f}"

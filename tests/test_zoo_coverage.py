@@ -4,15 +4,12 @@ The folder is ../shared/darknet/cfg; set DARKPY_DARKNET_CFG to Darknet's own cfg
 cfgs) to check all of them. bench/zoo_coverage.py prints the same outcome for any folder.
 """
 import importlib.util
-import os
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SHARED
+from conftest import DARKNET_CFG, REPO, SHARED
 
-FOLDERS = [SHARED / "darknet" / "cfg"] + ([Path(os.environ["DARKPY_DARKNET_CFG"])]
-                                          if os.environ.get("DARKPY_DARKNET_CFG") else [])
+FOLDERS = [SHARED / "darknet" / "cfg"] + ([DARKNET_CFG] if DARKNET_CFG else [])
 CFGS = sorted({cfg for folder in FOLDERS if folder.is_dir() for cfg in folder.glob("*.cfg")})
 
 TEXT_MODEL = "takes inputs=256 values, not an image"
@@ -29,7 +26,6 @@ REFUSED = {
     "t1.test.cfg": "[detection]",
     "yolov3-tiny_occlusion_track.cfg": "recurrent layers are not supported",
     "yolov4-tiny_contrastive.cfg": "contrastive learning layers are not supported",
-    "darknet53_448_xnor.cfg": "xnor=1", "tiny-yolo_xnor.cfg": "xnor=1", "yolov3-tiny_xnor.cfg": "xnor=1",
     "strided.cfg": "'.2' is not an integer",
 }
 
