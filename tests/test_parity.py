@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import DARKNET_CFG, LOCAL_FIXTURES, ORACLE, require
+from darkpy.boxes import get_network_boxes
 from darkpy.model import Darknet
 from oracle_utils import close_to_darknet, fixture_dirs, layer_stats_close, make_weights
 
@@ -62,9 +63,18 @@ def test_fixture_matches_darknet(fixture, tmp_path):
         assert ours.shape == arrays[key].shape
         assert close_to_darknet(ours, arrays[key]), f"head {key}: max diff {np.abs(ours - arrays[key]).max():.3g}"
         head = next(h for h in model.heads if h.index == index)
-        np.testing.assert_array_equal(head.mask, arrays[f"{key}_mask"])
-        # anchors as the cfg states them ([yolo]: input pixels, [region]: grid cells)
-        np.testing.assert_allclose(head.anchors.numpy(), arrays[f"{key}_anchors"], rtol=1e-6)
+        if f"{key}_mask" in arrays.files:  # heads with anchors ([detection], YOLOv1, has none)
+            np.testing.assert_array_equal(head.mask, arrays[f"{key}_mask"])
+            # anchors as the cfg states them ([yolo]: input pixels, [region]: grid cells)
+            np.testing.assert_allclose(head.anchors.numpy(), arrays[f"{key}_anchors"], rtol=1e-6)
+    if "boxes_thresh_0.02" in arrays.files:
+        # get_network_boxes with w = h = 1 (relative boxes), thresh .02, before NMS: x, y, w, h, objectness, probs
+        expected = arrays["boxes_thresh_0.02"]
+        size = (model.width, model.height)
+        boxes = get_network_boxes([outputs[h.index][0].numpy() for h in model.heads], model.heads, size, size, 0.02)
+        for ours, column in ((boxes.xywh, expected[:, :4]), (boxes.objectness, expected[:, 4]),
+                             (boxes.probs, expected[:, 5:])):
+            assert close_to_darknet(ours, column)
     if "final" in arrays.files:
         ours = outputs[model.output_index][0].numpy().ravel()
         assert close_to_darknet(ours, arrays["final"])
