@@ -22,7 +22,6 @@ REFUSED = {
     "rnn.cfg": TEXT_MODEL, "rnn.train.cfg": TEXT_MODEL, "gru.cfg": TEXT_MODEL, "lstm.train.cfg": TEXT_MODEL,
     "crnn.train.cfg": TEXT_MODEL,
     # not built yet (issue #12)
-    "yolo9000.cfg": "hierarchical softmax",
     "yolov3-tiny_occlusion_track.cfg": "recurrent layers are not supported",
     "yolov4-tiny_contrastive.cfg": "contrastive learning layers are not supported",
     "strided.cfg": "'.2' is not an integer",
