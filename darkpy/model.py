@@ -46,7 +46,8 @@ class Darknet(nn.Module):
             raise net.error("the cfg has no layers after [net]")
         self.layers = nn.ModuleList(ctx.layers)
         self.heads: List[_Head] = [layer for layer in ctx.layers if isinstance(layer, _Head)]
-        self.output_index = max(i for i, layer in enumerate(ctx.layers) if layer.type != "cost")
+        # a trailing loss layer ([cost], [contrastive]) outputs zeros at inference: the network's output is before it
+        self.output_index = max(i for i, layer in enumerate(ctx.layers) if layer.type not in ("cost", "contrastive"))
         # Outputs forward() must keep: those later layers read, the heads' and the network's output.
         kept = {i for layer in ctx.layers for i in layer.inputs} | {h.index for h in self.heads} | {self.output_index}
         self._keep = [i in kept for i in range(len(ctx.layers))]
