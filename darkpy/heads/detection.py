@@ -1,13 +1,13 @@
 """[detection] (src/detection_layer.c, YOLOv1): a fixed side x side grid, `num` boxes per cell, one class
-distribution per cell; no anchors. Forward and decoding; darkpy does not train it."""
+distribution per cell; no anchors. Forward, decoding and loss."""
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from darkpy.boxes import F32, BoxSet
+from darkpy.boxes import F32, BoxSet, box_iou
 from darkpy.cfg import Section
-from darkpy.heads.base import COMMON_OPTIONS, Head, LossError, TorchBoxes, class_probs
+from darkpy.heads.base import COMMON_OPTIONS, Head, HeadLoss, TorchBoxes, as_box, c_sqrt, class_probs, valid_counts
 from darkpy.layers.base import BuildContext, register
 
 # Options Darknet reads in parse_detection with their defaults (classes, num, coords are read separately).
@@ -27,6 +27,12 @@ class DetectionLayer(Head):
     side: int
     softmax: int
     sqrt: int
+    rescore: int
+    forced: int
+    coord_scale: float
+    object_scale: float
+    noobject_scale: float
+    class_scale: float
 
     def __init__(self, section: Section, ctx: BuildContext):
         super().__init__(section, ctx)
@@ -114,8 +120,80 @@ class DetectionLayer(Head):
 
     # ---- training ---------------------------------------------------------------------------------------------
     def prepare_loss(self) -> List[str]:
-        raise LossError(f"{self.cfg_location()}: training a [detection] (YOLOv1) layer is not supported by darkpy "
-                        "(only [yolo] and [region] are)")
+        ignored = super().prepare_loss()
+        if self.random:
+            ignored.append(f"random={self.random} (a random box slot while seen < 64000: darkpy keeps the best IoU)")
+        return ignored
 
-    def loss_line(self, stats, index: int) -> str:  # pragma: no cover  (prepare_loss refuses first)
-        raise NotImplementedError
+    def cell_truths(self, truths: np.ndarray) -> List[Dict[int, Tuple[int, float, float, float, float]]]:
+        """fill_truth_region (src/data.c), the truth layout this layer reads: per image, cell -> (class, x, y, w,
+        h) with x, y the offset in the cell; boxes under .001 wide or high are dropped, a cell keeps its first box
+        (Darknet shuffles the boxes first; darkpy keeps their order)."""
+        side, cells = self.side, []
+        for rows, count in zip(truths, valid_counts(truths)):
+            by_cell: Dict[int, Tuple[int, float, float, float, float]] = {}
+            for x, y, w, h, class_id in (tuple(float(v) for v in row[:5]) for row in rows[:count]):
+                if w < .001 or h < .001:
+                    continue
+                col, row = int(F32(x) * side), int(F32(y) * side)
+                by_cell.setdefault(row * side + col, (int(class_id), x * side - col, y * side - row, w, h))
+            cells.append(by_cell)
+        return cells
+
+    def deltas(self, out: np.ndarray, truths: np.ndarray, net_wh: Tuple[int, int], seen: int
+               ) -> Tuple[np.ndarray, HeadLoss]:
+        """forward_detection_layer in training (src/detection_layer.c): every objectness is pushed to 0
+        (noobject_scale); in a cell with a truth, the class scores to its one-hot class, and the box slot that
+        best matches it (IoU, else the smallest RMSE) to its box and to objectness 1 (or the IoU, rescore=1).
+        The cost is what Darknet finally sets it to: the squared magnitude of the delta array."""
+        batch = out.shape[0]
+        scores, objectness, boxes = self._parts(np.asarray(out, dtype=F32).reshape(batch, -1))
+        d_scores, d_objectness, d_boxes = np.zeros_like(scores), np.zeros_like(objectness), np.zeros_like(boxes)
+        d_objectness[:] = self.noobject_scale * (0 - objectness)
+        stats = HeadLoss(cost=0.0, batch=batch)
+        for b, by_cell in enumerate(self.cell_truths(np.asarray(truths, dtype=F32))):
+            for cell, truth in by_cell.items():
+                one_hot = np.zeros(self.classes, F32)
+                if truth[0] < self.classes:
+                    one_hot[truth[0]] = 1
+                d_scores[b, cell] = self.class_scale * (one_hot - scores[b, cell])
+                self._positive(objectness[b, cell], boxes[b, cell], d_objectness[b, cell], d_boxes[b, cell], truth,
+                               stats)
+        delta = np.concatenate([d.reshape(batch, -1) for d in (d_scores, d_objectness, d_boxes)], axis=1)
+        stats.cost = float(np.square(delta, dtype=np.float64).sum())
+        return delta.reshape(out.shape), stats
+
+    def _in_side_units(self, box: np.ndarray) -> np.ndarray:
+        """A box as the loss compares it: x, y divided by side; w, h squared with sqrt=1."""
+        x, y, w, h = (float(v) for v in box)
+        return as_box((x / self.side, y / self.side, w * w if self.sqrt else w, h * h if self.sqrt else h))
+
+    def _positive(self, objectness: np.ndarray, boxes: np.ndarray, d_objectness: np.ndarray, d_boxes: np.ndarray,
+                  truth: Tuple[int, float, float, float, float], stats: HeadLoss) -> None:
+        """One cell's truth: choose its box slot as forward_detection_layer does, then that slot's deltas."""
+        _, tx, ty, tw, th = truth
+        truth_box = as_box((tx / self.side, ty / self.side, tw, th))
+        best, best_iou, best_rmse = -1, 0.0, 20.0
+        for j in range(self.num):
+            candidate = self._in_side_units(boxes[j])
+            iou = float(box_iou(candidate, truth_box))
+            rmse = float(np.sqrt(np.square(candidate.astype(np.float64) - truth_box).sum()))
+            if best_iou > 0 or iou > 0:
+                if iou > best_iou:
+                    best, best_iou = j, iou
+            elif rmse < best_rmse:
+                best, best_rmse = j, rmse
+        if self.forced:
+            best = 1 if tw * th < .1 else 0
+        iou = float(box_iou(self._in_side_units(boxes[best]), truth_box))
+        d_objectness[best] = self.object_scale * ((iou if self.rescore else 1.0) - float(objectness[best]))
+        target_wh = (c_sqrt(tw), c_sqrt(th)) if self.sqrt else (tw, th)
+        d_boxes[best] = self.coord_scale * (np.asarray((tx, ty) + target_wh, F32) - boxes[best])
+        stats.count += 1
+        stats.tot_iou += iou
+        stats.total_bbox += 1
+
+    def loss_line(self, stats: HeadLoss, index: int) -> str:
+        """forward_detection_layer's line, with the figures darkpy keeps (Darknet adds the class and
+        objectness averages)."""
+        return f"Detection Avg IOU: {stats.avg_iou:f}, count: {stats.count}"
