@@ -394,3 +394,43 @@ def report_missing_image(problems: Optional[DataProblems], image_path: str, reas
         problems.warn(MISSING_IMAGE, message)
     else:  # pragma: no cover - callers normally pass a collector
         print(f"warning: {message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------- softmax trees
+
+@dataclass
+class SoftmaxTree:
+    """A class hierarchy (src/tree.c read_tree): one line per class, `name parent` (parent -1 at the top).
+
+    Consecutive lines with the same parent form a group, the set one softmax runs over (softmax_tree)."""
+
+    names: List[str]
+    parent: np.ndarray  # (classes,) int64, -1 for a root
+    group_offset: np.ndarray  # (groups,) first class of each group
+    group_size: np.ndarray  # (groups,)
+
+    @property
+    def group_of(self) -> np.ndarray:
+        """(classes,) the group of every class."""
+        return np.repeat(np.arange(len(self.group_size)), self.group_size)
+
+
+def read_tree(path: str) -> SoftmaxTree:
+    """read_tree: `name parent` lines (sscanf "%s %d": a missing parent is -1); groups are the runs of equal
+    parents, in file order."""
+    names, parents = [], []
+    for line in _read_text_lines(path, "tree file"):
+        fields = line.split()
+        if not fields:
+            raise DataError(f"{path}:{len(names) + 1}: an empty line; a tree file has `name parent` on each line")
+        names.append(fields[0])
+        parents.append(_atoi(fields[1]) if len(fields) > 1 and _atoi(fields[1]) is not None else -1)
+    if not names:
+        raise DataError(f"{path}: the tree file lists no classes")
+    parent = np.asarray(parents, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, parent[1:] != parent[:-1]])
+    sizes = np.diff(np.r_[starts, len(parent)])
+    bad = np.flatnonzero(parent >= len(parent))
+    if bad.size:
+        raise DataError(f"{path}:{bad[0] + 1}: parent {parent[bad[0]]} is not a line of the file ({len(parent)} classes)")
+    return SoftmaxTree(names, parent, starts, sizes)

@@ -46,7 +46,8 @@ class Darknet(nn.Module):
             raise net.error("the cfg has no layers after [net]")
         self.layers = nn.ModuleList(ctx.layers)
         self.heads: List[_Head] = [layer for layer in ctx.layers if isinstance(layer, _Head)]
-        self.output_index = max(i for i, layer in enumerate(ctx.layers) if layer.type != "cost")
+        # a trailing loss layer ([cost], [contrastive]) outputs zeros at inference: the network's output is before it
+        self.output_index = max(i for i, layer in enumerate(ctx.layers) if layer.type not in ("cost", "contrastive"))
         # Outputs forward() must keep: those later layers read, the heads' and the network's output.
         kept = {i for layer in ctx.layers for i in layer.inputs} | {h.index for h in self.heads} | {self.output_index}
         self._keep = [i in kept for i in range(len(ctx.layers))]
@@ -56,6 +57,11 @@ class Darknet(nn.Module):
     @staticmethod
     def _size(net: Section, key: str, override: Optional[int]) -> int:
         value = override if override is not None else net.get_int(key, 0)
+        if (value is None or value < 1) and net.has("inputs"):
+            # Darknet's text and sequence models (cfg/rnn.cfg, gru.cfg, lstm.train.cfg...): `inputs=` values a
+            # step and no image; C Darknet itself stops on them outside its `rnn` command.
+            raise net.error(f"is not set: this [net] takes inputs={net.get_str('inputs')} values, not an image "
+                            f"(a text or sequence model for Darknet's rnn command, which darkpy does not build)", key)
         if value is None or value < 1:
             raise net.error(f"must be a positive integer (got {value})", key)
         return value

@@ -7,6 +7,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DARKPY_SHARED_DIR", REPO.parent / "shared"))
 ORACLE = Path(os.environ.get("DARKPY_ORACLE_DIR", SHARED / "oracle"))
+# Darknet's own cfg/ folder (AlexeyAB/darknet), for the tests over cfgs ../shared does not hold; unset: skipped.
+DARKNET_CFG = Path(os.environ["DARKPY_DARKNET_CFG"]) if os.environ.get("DARKPY_DARKNET_CFG") else None
+# Fixtures in the oracle's format made for this repository: C Darknet's outputs (numbers) only, never its files.
+LOCAL_FIXTURES = REPO / "tests" / "fixtures"
 
 
 def require(path: Path) -> Path:

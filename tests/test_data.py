@@ -6,6 +6,7 @@ import pytest
 
 from conftest import ORACLE, require
 from darkpy.data import (
+    read_tree,
     BAD_CLASS_ID,
     BAD_COLUMN_COUNT,
     BAD_COORDINATES,
@@ -208,3 +209,16 @@ def test_relative_paths_follow_the_data_file(tmp_path, monkeypatch):
     valid = config.resolve("valid")
     assert os.path.samefile(valid, ORACLE / "map-tiny3" / "valid.txt")
     assert read_image_list(valid) == ["dog.jpg", "person.jpg", "horses.jpg"]
+
+
+def test_read_tree_groups_runs_of_siblings(tmp_path):
+    # src/tree.c read_tree: `name parent` lines; consecutive lines with the same parent are one softmax group.
+    path = tmp_path / "t.tree"
+    path.write_text("animal -1\nvehicle -1\ndog 0\ncat 0\ncar 1\nbike 1\npuppy 2\n")
+    tree = read_tree(str(path))
+    assert tree.names[2] == "dog" and tree.parent.tolist() == [-1, -1, 0, 0, 1, 1, 2]
+    assert tree.group_offset.tolist() == [0, 2, 4, 6] and tree.group_size.tolist() == [2, 2, 2, 1]
+    assert tree.group_of.tolist() == [0, 0, 1, 1, 2, 2, 3]
+    path.write_text("animal -1\ndog 7\n")
+    with pytest.raises(DataError, match="parent 7"):
+        read_tree(str(path))

@@ -187,6 +187,12 @@ EXTRA_LAYERS = {
     "yolo_new_coords": "[convolutional]\nfilters=30\nsize=1\nactivation=logistic\n\n[yolo]\nmask=0,1,2\n"
                        "anchors=10,13,16,30,33,23\nclasses=5\nnum=3\nscale_x_y=2.0\nnew_coords=1\n",
     "gaussian_yolo": "[convolutional]\nfilters=42\nsize=1\nactivation=linear\n\n" + GAUSSIAN_CFG.split("\n\n")[-1],
+    "xnor": "[convolutional]\nxnor=1\nfilters=8\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky\n\n"
+            "[convolutional]\nxnor=1\nbin_output=1\nfilters=8\nsize=1\nactivation=leaky\n",
+    "strided_shortcut": "[maxpool]\nsize=2\nstride=2\n\n[shortcut]\nfrom=-2\n\n[upsample]\nstride=2\n\n"
+                        "[shortcut]\nfrom=-2\nactivation=leaky\n",
+    "detection": "[connected]\noutput=52\nactivation=linear\n\n[detection]\nclasses=3\ncoords=4\nside=2\nnum=2\n"
+                 "softmax=1\nsqrt=1\n",
 }
 
 

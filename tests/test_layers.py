@@ -329,3 +329,77 @@ def test_training_batch_norm_is_darknets_gpu_arithmetic(tmp_path):
     assert torch.allclose(out, expected, atol=1e-5)
     assert torch.allclose(layer.running_mean, 0.01 * mean, atol=1e-7)
     assert torch.allclose(layer.running_var, 0.01 * conv.var(dim=(0, 2, 3), unbiased=True), atol=1e-7)  # from 0
+
+
+def test_implicit_output_needs_no_grad_under_inference_mode(tmp_path):
+    model = build(tmp_path, "[implicit]\nfilters=4\n", w=2, h=2, c=1)
+    with torch.inference_mode():
+        out = model(torch.zeros(2, 1, 2, 2))
+    assert not out.requires_grad
+    assert out.numpy().shape == (2, 4, 1, 1)
+    model.train()
+    assert model(torch.zeros(1, 1, 2, 2)).requires_grad  # training still reaches the parameter
+
+
+def test_region_with_no_classes_is_objectness_only(tmp_path):
+    # parse_region reads classes=0 as it is: each anchor has x, y, w, h and objectness only.
+    body = "[convolutional]\nfilters=10\nsize=1\nactivation=linear\n[region]\nclasses=0\nnum=2\nanchors=1,1,2,2\n"
+    model = build(tmp_path, body, w=4, h=4, c=1)
+    with torch.inference_mode():
+        out = model(torch.rand(1, 1, 4, 4))[0]
+    assert out.shape == (1, 2, 5, 4, 4)
+    head = model.heads[0]
+    boxes = head.decode(out[0].numpy(), (4, 4), (4, 4), thresh=0.0)
+    assert boxes.probs.shape == (32, 0)
+
+
+def test_shortcut_between_sizes_samples_as_pjreddie_darknet(tmp_path):
+    # pjreddie's shortcut_cpu: a larger `from` map is read every stride-th pixel; a smaller one is added at every
+    # sample-th pixel of the previous output, the pixels between pass through.
+    body = ("[activation]\nactivation=linear\n[maxpool]\nsize=2\nstride=2\n[shortcut]\nfrom=0\nactivation=linear\n"
+            "[upsample]\nstride=2\n[shortcut]\nfrom=2\nactivation=linear\n")
+    model = build(tmp_path, body, w=4, h=4, c=1)
+    outputs = run_all(model, torch.arange(16.0).view(1, 1, 4, 4))
+    # maxpool [[5, 7], [13, 15]] + x[::2, ::2] [[0, 2], [8, 10]]
+    assert outputs[2][0, 0].tolist() == [[5, 9], [21, 25]]
+    # upsampled [[5, 5, 9, 9], ...] + layer 2 at the even rows and columns
+    assert outputs[4][0, 0].tolist() == [[10, 5, 18, 9], [5, 5, 9, 9], [42, 21, 50, 25], [21, 21, 25, 25]]
+
+
+def test_shortcut_refuses_sizes_out_of_ratio(tmp_path):
+    body = "[maxpool]\nsize=2\nstride_x=2\nstride_y=1\n[shortcut]\nfrom=-2\n"
+    with pytest.raises(Exception, match="same whole ratio"):
+        build(tmp_path, "[activation]\nactivation=linear\n" + body, w=4, h=4, c=1)
+
+
+def test_xnor_convolution_pads_with_minus_one_at_inference(tmp_path):
+    # Weights become sign(w) * mean|w| per filter, inputs sign(x) (+1 where x > 0, else -1). Darknet's inference
+    # (bit-packed) path reads the border as a 0 bit, i.e. -1; its training (float) path pads with 0.
+    model = build(tmp_path, "[convolutional]\nxnor=1\nfilters=1\nsize=3\npad=1\nactivation=linear\n", w=3, h=3, c=1)
+    layer = model.layers[0]
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, -2.0]).view(1, 1, 3, 3))
+    x = torch.full((1, 1, 3, 3), 0.3)
+    with torch.no_grad():
+        inference = model(x)[0, 0]
+        training = model.train()(x)[0, 0]
+    # centre: 8 taps agree, 1 disagrees -> (8 - 1) * 2; corner (0, 0): 4 taps inside (the last is w < 0), 5 border
+    assert inference[1, 1].item() == 14.0 and training[1, 1].item() == 14.0
+    assert inference[0, 0].item() == (3 - 1 - 5) * 2.0
+    assert training[0, 0].item() == (3 - 1) * 2.0
+    assert model.layers[0].bflops() == 2.0 * 9 * 9 / 1e9 / 32  # Darknet counts XNOR operations as 1/32
+
+
+def test_contrastive_outputs_zero_and_needs_a_yolo_layer(tmp_path):
+    # forward_contrastive_layer returns at once outside training: the output stays zero, like [cost]'s.
+    body = ("[convolutional]\nfilters=14\nsize=1\nactivation=linear\n[yolo]\nclasses=2\nnum=2\nmask=0,1\n"
+            "anchors=4,5,8,9\n[route]\nlayers=-2\n[contrastive]\nclasses=1\nyolo_layer=-2\n")
+    path = tmp_path / "c.cfg"
+    path.write_text(NET.format(w=4, h=4, c=1) + body)
+    with pytest.warns(Warning, match="contrastive"):
+        model = Darknet.from_cfg(path).eval()
+    outputs = run_all(model, torch.rand(1, 1, 4, 4))
+    assert torch.equal(outputs[3], torch.zeros_like(outputs[2]))
+    path.write_text(NET.format(w=4, h=4, c=1) + body.replace("yolo_layer=-2", "yolo_layer=-1"))
+    with pytest.raises(Exception, match="must be the \\[yolo\\] layer"):
+        Darknet.from_cfg(path)

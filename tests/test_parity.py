@@ -1,7 +1,9 @@
 """Every fixture of the oracle (C Darknet outputs for seeded weights) against darkpy, layer by layer.
 
 The fixture folder comes from DARKPY_ORACLE_DIR (default ../shared/oracle), so another fixture set in the same
-format is checked by the same test.
+format is checked by the same test; tests/fixtures adds the repository's own (XNOR networks). A fixture of a
+Darknet zoo cfg that ../shared does not hold keeps only Darknet's outputs and names the cfg in zoo_cfg.txt: it is
+built from DARKPY_DARKNET_CFG (Darknet's cfg/ folder) at the size its summary.json states, or skipped.
 """
 import json
 import warnings
@@ -10,26 +12,34 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ORACLE
+from conftest import DARKNET_CFG, LOCAL_FIXTURES, ORACLE, require
+from darkpy.boxes import get_network_boxes
 from darkpy.model import Darknet
 from oracle_utils import close_to_darknet, fixture_dirs, layer_stats_close, make_weights
 
-FIXTURES = fixture_dirs(ORACLE) if ORACLE.is_dir() else []
+FIXTURES = (fixture_dirs(ORACLE) if ORACLE.is_dir() else []) + fixture_dirs(LOCAL_FIXTURES)
 
 
-def build(fixture):
+def build(fixture, summary):
+    if (fixture / "cfg.cfg").exists():
+        cfg, width, height = fixture / "cfg.cfg", None, None
+    else:
+        if DARKNET_CFG is None:
+            pytest.skip(f"{fixture.name}: set DARKPY_DARKNET_CFG to Darknet's cfg/ folder to build its zoo cfg")
+        cfg = require(DARKNET_CFG / (fixture / "zoo_cfg.txt").read_text().strip())
+        width, height = summary["input"][:2]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zoo cfgs carry keys Darknet itself ignores
-        return Darknet.from_cfg(fixture / "cfg.cfg")
+        return Darknet.from_cfg(cfg, width=width, height=height)
 
 
 @pytest.mark.skipif(not FIXTURES, reason=f"no oracle fixtures in {ORACLE} (set DARKPY_ORACLE_DIR or add ../shared)")
 @pytest.mark.parametrize("fixture", FIXTURES, ids=[f.name for f in FIXTURES])
 def test_fixture_matches_darknet(fixture, tmp_path):
-    model = build(fixture)
-    report = model.load_weights(make_weights(ORACLE, fixture, tmp_path / "w.weights"))
-    assert report.complete
     summary = json.loads((fixture / "summary.json").read_text())
+    model = build(fixture, summary)
+    report = model.load_weights(make_weights(require(ORACLE), fixture, tmp_path / "w.weights"))
+    assert report.complete
     assert len(model.layers) == summary["n_layers"]
     assert model.count_weight_floats() == summary["n_weights_floats"]
     assert f"{model.total_bflops():.3f}" == f"{summary['total_bflops']:.3f}"
@@ -53,9 +63,18 @@ def test_fixture_matches_darknet(fixture, tmp_path):
         assert ours.shape == arrays[key].shape
         assert close_to_darknet(ours, arrays[key]), f"head {key}: max diff {np.abs(ours - arrays[key]).max():.3g}"
         head = next(h for h in model.heads if h.index == index)
-        np.testing.assert_array_equal(head.mask, arrays[f"{key}_mask"])
-        # anchors as the cfg states them ([yolo]: input pixels, [region]: grid cells)
-        np.testing.assert_allclose(head.anchors.numpy(), arrays[f"{key}_anchors"], rtol=1e-6)
+        if f"{key}_mask" in arrays.files:  # heads with anchors ([detection], YOLOv1, has none)
+            np.testing.assert_array_equal(head.mask, arrays[f"{key}_mask"])
+            # anchors as the cfg states them ([yolo]: input pixels, [region]: grid cells)
+            np.testing.assert_allclose(head.anchors.numpy(), arrays[f"{key}_anchors"], rtol=1e-6)
+    if "boxes_thresh_0.02" in arrays.files:
+        # get_network_boxes with w = h = 1 (relative boxes), thresh .02, before NMS: x, y, w, h, objectness, probs
+        expected = arrays["boxes_thresh_0.02"]
+        size = (model.width, model.height)
+        boxes = get_network_boxes([outputs[h.index][0].numpy() for h in model.heads], model.heads, size, size, 0.02)
+        for ours, column in ((boxes.xywh, expected[:, :4]), (boxes.objectness, expected[:, 4]),
+                             (boxes.probs, expected[:, 5:])):
+            assert close_to_darknet(ours, column)
     if "final" in arrays.files:
         ours = outputs[model.output_index][0].numpy().ravel()
         assert close_to_darknet(ours, arrays["final"])

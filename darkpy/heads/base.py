@@ -83,6 +83,8 @@ class Head(Layer):
     new_coords: int = 0
     nms_kind: str = "default"
     beta_nms: float = 0.6
+    # the fewest classes the head type accepts ([region] runs with none: objectness only)
+    min_classes = 1
 
     def _read_options(self, section: Section) -> None:
         self.options = read_options(section, self.OPTIONS)
@@ -93,8 +95,10 @@ class Head(Layer):
         s = section
         self.classes = s.get_int("classes", 20)
         self.num = s.get_int("num", 1)
-        if self.classes < 1 or self.num < 1:
-            raise s.error("classes and num must be at least 1", "classes" if self.classes < 1 else "num")
+        if self.classes < self.min_classes:
+            raise s.error(f"must be at least {self.min_classes}, got {self.classes}", "classes")
+        if self.num < 1:
+            raise s.error(f"must be at least 1, got {self.num}", "num")
         self.mask: List[int] = s.get_int_list("mask", list(range(self.num))) if default_mask else list(
             range(self.num))
         given = s.get_float_list("anchors", [])

@@ -1,13 +1,16 @@
-"""[region] (src/region_layer.c, YOLOv2): activation, decoding and loss. No softmax tree (YOLO9000)."""
-from typing import Dict, Tuple
+"""[region] (src/region_layer.c, YOLOv2): activation, decoding and loss; YOLO9000's softmax tree (tree=) in
+activation and decoding."""
+import os
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
 
 from darkpy.boxes import F32, BoxSet, box_iou, correct_boxes
 from darkpy.cfg import Section
-from darkpy.heads.base import (COMMON_OPTIONS, Head, HeadLoss, TorchBoxes, as_box, best_truth_per_cell, c_exp, c_log,
-                               class_probs, exp_scale, first_max_index, logistic, valid_counts)
+from darkpy.data import DataError, SoftmaxTree, read_tree
+from darkpy.heads.base import (COMMON_OPTIONS, Head, HeadLoss, LossError, TorchBoxes, as_box, best_truth_per_cell,
+                               c_exp, c_log, class_probs, exp_scale, first_max_index, logistic, valid_counts)
 from darkpy.layers.base import BuildContext, register
 
 # Options Darknet reads in parse_region with their defaults.
@@ -23,6 +26,7 @@ class RegionLayer(Head):
     """YOLOv2: anchors in grid cells; the logistic on objectness, softmax over classes; x, y, w, h raw."""
 
     OPTIONS = REGION_OPTIONS
+    min_classes = 0  # parse_region takes classes=0 (objectness only, no class entries)
     softmax: int
     thresh: float
     classfix: int
@@ -40,19 +44,51 @@ class RegionLayer(Head):
         self.coords = s.get_int("coords", 4)
         if self.coords != 4:
             raise s.error("only coords=4 is supported by darkpy", "coords")
-        if s.has("tree"):
-            raise s.error("hierarchical softmax (tree, YOLO9000) is not supported by darkpy", "tree")
         self._read_anchors(s, default_mask=False)
         self._read_options(s)
         if self.background:
             raise s.error("background=1 is not supported by darkpy", "background")
         self._check_filters(s, "classes")
+        self.tree = self._read_tree(s) if s.has("tree") else None
+
+    def _read_tree(self, s: Section) -> SoftmaxTree:
+        """tree= (parse_region, read_tree), opened as Darknet opens it, relative to the current folder; else beside
+        the cfg, or in the folder above it (Darknet's layout: cfg/yolo9000.cfg names data/9k.tree)."""
+        written = s.get_str("tree")
+        cfg_folder = os.path.dirname(os.path.abspath(s.file))
+        candidates = [written, os.path.join(cfg_folder, written), os.path.join(cfg_folder, os.pardir, written)]
+        found = next((c for c in candidates if os.path.isfile(c)), None)
+        if found is None:
+            raise s.error(f"cannot find the tree file '{written}' (looked in the current folder, beside the cfg and "
+                          f"in the folder above it)", "tree")
+        try:
+            tree = read_tree(found)
+        except DataError as error:
+            raise s.error(str(error), "tree") from None
+        if len(tree.parent) != self.classes:
+            raise s.error(f"the tree {found} has {len(tree.parent)} classes but classes={self.classes}", "tree")
+        self.register_buffer("tree_group", torch.from_numpy(tree.group_of), persistent=False)
+        return tree
 
     def activate(self, raw: torch.Tensor) -> torch.Tensor:
-        """forward_region_layer: the logistic on objectness, softmax over the classes (softmax=1)."""
+        """forward_region_layer: the logistic on objectness; softmax_tree over each group of the tree (tree=),
+        else softmax over the classes (softmax=1)."""
         obj = torch.sigmoid(raw[:, :, 4:5])
-        cls = torch.softmax(raw[:, :, 5:], dim=2) if self.softmax else raw[:, :, 5:]
+        if self.tree is not None:
+            cls = self._tree_softmax(raw[:, :, 5:])
+        else:
+            cls = torch.softmax(raw[:, :, 5:], dim=2) if self.softmax else raw[:, :, 5:]
         return torch.cat([raw[:, :, :4], obj, cls], dim=2)
+
+    def _tree_softmax(self, scores: torch.Tensor) -> torch.Tensor:
+        """softmax_tree (src/softmax_layer.c): a softmax within each group of sibling classes (axis 2)."""
+        x = scores.movedim(2, -1)
+        group = self.tree_group.expand_as(x)
+        groups = len(self.tree.group_size)
+        largest = x.new_full((*x.shape[:-1], groups), -torch.inf).scatter_reduce(-1, group, x, "amax")
+        e = torch.exp(x - largest.gather(-1, group))
+        sums = x.new_zeros((*x.shape[:-1], groups)).scatter_add(-1, group, e)
+        return (e / sums.gather(-1, group)).movedim(-1, 2)
 
     # ---- decoding ---------------------------------------------------------------------------------------------
     def decode(self, output: np.ndarray, net_wh: Tuple[int, int], image_wh: Tuple[int, int], thresh: float,
@@ -73,12 +109,31 @@ class RegionLayer(Head):
         if self.classfix == -1:
             scale = np.where(scale < F32(0.5), F32(0), scale).astype(F32)
         xywh = correct_boxes(np.stack([x, y, w, h], axis=1).astype(F32), image_wh, net_wh, letter_box)
-        probs = class_probs(scale, flat[:, 5:], thresh)
+        if self.tree is not None:
+            probs = self._tree_probs(flat[:, 5:], scale, thresh)
+        else:
+            probs = class_probs(scale, flat[:, 5:], thresh)
         return BoxSet(xywh, np.ones(len(flat), F32), probs)
+
+    def _tree_probs(self, scores: np.ndarray, scale: np.ndarray, thresh: F32) -> np.ndarray:
+        """get_region_boxes with a softmax tree and no map (as detect and map call it): hierarchy_predictions
+        multiplies each class's score by its parent's, in class order; then, walking back from the last class,
+        only the first one above .5 keeps its score, and only where objectness > thresh. The probability is that
+        score itself, not objectness x score (`hier` is not used on this path)."""
+        by_class = scores.T.copy()  # (classes, boxes): one row per class, updated in Darknet's order
+        for j in np.flatnonzero(self.tree.parent >= 0):
+            by_class[j] *= by_class[self.tree.parent[j]]
+        above = by_class.T > F32(0.5)
+        last_above = np.cumsum(above[:, ::-1], axis=1)[:, ::-1] == 1
+        keep = above & last_above & (scale > thresh)[:, None]
+        return np.where(keep, by_class.T, F32(0)).astype(F32)
 
     def decode_torch(self, out: torch.Tensor, net_wh: Tuple[int, int]) -> TorchBoxes:
         """get_region_box, x, y get the logistic here, anchors in grid cells; prob = objectness * class
         (custom_get_region_detections; classfix=-1 drops objectness below 0.5)."""
+        if self.tree is not None:
+            raise NotImplementedError(f"{self.cfg_location()}: exporting a softmax tree (tree=, YOLO9000) is not "
+                                      "supported by darkpy")
         h, w = out.shape[-2:]
         col, row, aw, ah = self._grid_torch(out)
         x = (col + torch.sigmoid(out[:, :, 0])) / w
@@ -91,6 +146,12 @@ class RegionLayer(Head):
         return (x, y, bw, bh), objectness * out[:, :, 5:]
 
     # ---- training ---------------------------------------------------------------------------------------------
+    def prepare_loss(self) -> List[str]:
+        if self.tree is not None:
+            raise LossError(f"{self.cfg_location()}: training a [region] with a softmax tree (tree=, YOLO9000) is "
+                            "not supported by darkpy")
+        return super().prepare_loss()
+
     def deltas(self, out: np.ndarray, truths: np.ndarray, net_wh: Tuple[int, int], seen: int
                ) -> Tuple[np.ndarray, HeadLoss]:
         """src/region_layer.c forward_region_layer in training (CPU, no softmax tree).

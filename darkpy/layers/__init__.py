@@ -13,8 +13,6 @@ UNSUPPORTED = {
     "crnn": "recurrent layers are not supported",
     "conv_lstm": "recurrent layers are not supported",
     "history": "recurrent layers are not supported",
-    "contrastive": "contrastive learning layers are not supported",
-    "detection": "the YOLOv1 [detection] layer is not supported",
     "local": "locally connected layers are not supported",
     "normalization": "local response normalization is not supported",
     "deconvolutional": "deconvolution is not supported",

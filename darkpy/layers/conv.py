@@ -1,4 +1,5 @@
-"""[convolutional] (src/convolutional_layer.c): grouped/dilated/strided conv, batch norm, activation, antialiasing."""
+"""[convolutional] (src/convolutional_layer.c): grouped/dilated/strided conv, batch norm, activation, antialiasing,
+XNOR (binary) convolution."""
 from typing import List
 
 import torch
@@ -50,6 +51,21 @@ def darknet_batch_norm(x, running_mean, running_var, weight, bias, training: boo
     return F.batch_norm(x, running_mean, running_var, weight, bias, training, GPU_ROLLING_FACTOR, BN_EPS)
 
 
+def binarized_weights(weight: torch.Tensor) -> torch.Tensor:
+    """binarize_weights (src/convolutional_layer.c): each filter's weights become +mean|w| where w > 0, else
+    -mean|w|. The gradient passes straight through to the real weights, which Darknet updates."""
+    mean = weight.abs().mean(dim=(1, 2, 3), keepdim=True)
+    binary = torch.where(weight > 0, mean, -mean)
+    return weight + (binary - weight).detach()
+
+
+def binarized_input(x: torch.Tensor) -> torch.Tensor:
+    """binarize_cpu: +1 where x > 0, else -1; the gradient is hardtan's (1 inside (-1, 1), 0 outside), as
+    backward_convolutional_layer applies it to an XNOR layer's input."""
+    clamped = x.clamp(-1.0, 1.0)
+    return clamped + (torch.where(x > 0, 1.0, -1.0).to(x) - clamped).detach()
+
+
 def blur_kernel(antialiasing: int, channels: int) -> torch.Tensor:
     """The fixed depthwise blur Darknet appends to antialiased layers: 3x3 binomial, or 2x2 box for mode 2."""
     if antialiasing == 2:
@@ -84,10 +100,11 @@ class ConvLayer(Layer):
         super().__init__(section, ctx)
         c, h, w = self.in_shape
         s = section
-        self.unsupported_if_set(s, ("xnor", "binary", "flipped", "coordconv", "reverse", "dot"))
+        self.unsupported_if_set(s, ("binary", "flipped", "coordconv", "reverse", "dot"))
         self.training_only(s, ("sway", "rotate", "stretch", "stretch_sway", "assisted_excitation", "grad_centr"))
         s.get_float("angle", 15)
-        s.get_int("bin_output", 0)
+        self.xnor = s.get_int("xnor", 0)
+        self.bin_output = s.get_int("bin_output", 0)
         n = s.get_int("filters", 1)
         size = s.get_int("size", 1)
         stride = s.get_int("stride", 1)
@@ -99,7 +116,7 @@ class ConvLayer(Layer):
             dilation = 1  # Darknet forces it
         pad = s.get_int("pad", 0)
         padding = size // 2 if pad else s.get_int("padding", 0)
-        groups = s.get_int("groups", 1)
+        groups = 1 if self.xnor else s.get_int("groups", 1)  # make_convolutional_layer: no groups in XNOR
         self.batch_normalize = s.get_int("batch_normalize", 0) or (2 if s.get_int("cbn", 0) else 0)
         self.antialiasing = s.get_int("antialiasing", 0)
         self.activation_name, self.activation = self.activation_of(s, "logistic")
@@ -159,16 +176,26 @@ class ConvLayer(Layer):
 
     def forward(self, x, outputs):
         owner = self._owner()
+        weight, padding = owner.weight, self.padding
+        if self.xnor:
+            x, weight, padding = self._xnor_operands(x), binarized_weights(weight), 0
         if self.batch_normalize and not owner.fused:
-            y = darknet_conv2d(x, owner.weight, None, self.stride, self.padding, self.dilation, self.groups,
-                               self.conv_hw)
+            y = darknet_conv2d(x, weight, None, self.stride, padding, self.dilation, self.groups, self.conv_hw)
             y = darknet_batch_norm(y, owner.running_mean, owner.running_var, owner.bn_weight, owner.bias,
                                    self.training)
         else:
-            y = darknet_conv2d(x, owner.weight, owner.bias, self.stride, self.padding, self.dilation, self.groups,
-                               self.conv_hw)
-        y = activate_fresh(self.activation_name, y)
+            y = darknet_conv2d(x, weight, owner.bias, self.stride, padding, self.dilation, self.groups, self.conv_hw)
+        # calculate_binary_weights (src/network.c) makes a bin_output XNOR layer linear for inference
+        linear = self.xnor and self.bin_output and not self.training
+        y = y if linear else activate_fresh(self.activation_name, y)
         return self.blur(y) if self.blur is not None else y
+
+    def _xnor_operands(self, x: torch.Tensor) -> torch.Tensor:
+        """The binarised input, padded as Darknet pads it: at inference its bit-packed XNOR GEMM
+        (im2col_cpu_custom_bin, gemm_nn_custom_bin_mean_transposed) reads the border as a 0 bit, which counts as
+        -1; in training its float path pads the ±1 input with 0."""
+        p = self.padding * self.dilation
+        return F.pad(binarized_input(x), (p, p, p, p), value=0.0 if self.training else -1.0)
 
     def darknet_arrays(self) -> List[torch.Tensor]:
         if self.share_index is not None:
@@ -190,7 +217,8 @@ class ConvLayer(Layer):
     def bflops(self) -> float:
         n, c = self.filters, self.in_shape[0]
         nweights = c // self.groups * n * self.size * self.size
-        return 2.0 * nweights * self.conv_hw[0] * self.conv_hw[1] / 1e9
+        bflops = 2.0 * nweights * self.conv_hw[0] * self.conv_hw[1] / 1e9
+        return bflops / 32 if self.xnor else bflops  # Darknet counts an XNOR layer's binary operations as 1/32
 
     def describe(self) -> str:
         s = f"{self.filters:5d}"

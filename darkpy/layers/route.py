@@ -57,6 +57,8 @@ class ShortcutLayer(Layer):
 
     Where channel counts differ (the PRN case) only the channels both have are added: the output keeps the
     previous layer's shape; extra channels of a `from` layer are ignored and missing ones pass through.
+    Where sizes differ (the resnet cfgs), the maps are matched as the original pjreddie Darknet does
+    (src/blas.c shortcut_cpu; AlexeyAB Darknet asserts instead): see `_resampled`.
     With weights_type, each input is scaled by a (normalised) weight per input or per input and channel.
     """
 
@@ -66,10 +68,7 @@ class ShortcutLayer(Layer):
         self.inputs = _layer_list(s, ctx, "from")
         self.activation_name, self.activation = self.activation_of(s, "linear")
         c, h, w = self.in_shape
-        for i in self.inputs:
-            if ctx.shapes[i][1:] != (h, w):
-                raise s.error(f"layer {i} is {ctx.shapes[i][2]}x{ctx.shapes[i][1]} but the previous layer is "
-                              f"{w}x{h}; a shortcut adds layers of the same width and height", "from")
+        self.steps = [self._step(s, i, ctx.shapes[i]) for i in self.inputs]
         self.shared_channels = [min(c, ctx.shapes[i][0]) for i in self.inputs]
         self.weights_type = s.get_str("weights_type", "none")
         self.normalization = s.get_str("weights_normalization", "none")
@@ -88,6 +87,30 @@ class ShortcutLayer(Layer):
             per = c if self.weights_type == "per_channel" else 1
             self.weight = nn.Parameter(torch.ones(len(self.inputs) + 1, per))  # Darknet initialises to 1
 
+    def _step(self, section, index: int, shape) -> int:
+        """How a `from` map of another size meets the previous layer's, as pjreddie's shortcut_cpu matches them:
+        a larger map is read every `stride` pixels (stride = its width // the previous width), a smaller one is
+        added at every `sample`-th pixel (sample = the previous width // its width). Both ratios must agree in
+        height and width, as shortcut_cpu asserts. Returns stride (> 0), -sample (< 0), or 1 for equal sizes."""
+        (_, h1, w1), (_, h2, w2) = shape, self.in_shape
+        if (h1, w1) == (h2, w2):
+            return 1
+        if w1 // w2 == h1 // h2 and w2 // w1 == h2 // h1:
+            return w1 // w2 if w1 > w2 else -(w2 // w1)
+        raise section.error(f"layer {index} is {w1}x{h1} but the previous layer is {w2}x{h2}: a shortcut adds maps "
+                            f"of the same size, or of sizes in the same whole ratio across and down", "from")
+
+    def _resampled(self, add: torch.Tensor, step: int) -> torch.Tensor:
+        """A `from` map brought to the previous layer's (h, w): a larger one sampled with the stride (the pixels at
+        multiples of it); a smaller one placed at every `sample`-th pixel, zero between (those pass through)."""
+        h, w = self.in_shape[1:]
+        if step > 0:
+            return add[..., ::step, ::step][..., :h, :w]
+        sample = -step
+        placed = add.new_zeros(*add.shape[:2], h, w)
+        placed[..., :add.shape[2] * sample:sample, :add.shape[3] * sample:sample] = add
+        return placed
+
     def _normalized_weights(self) -> torch.Tensor:
         """(n+1, per) weights after Darknet's per-element normalisation across the n+1 inputs."""
         w = self.weight
@@ -105,8 +128,10 @@ class ShortcutLayer(Layer):
             weights = [nw[k].view(1, -1, 1, 1) for k in range(nw.shape[0])]
         out = x if weights[0] is None else x * weights[0]
         c = x.shape[1]
-        for k, (i, shared) in enumerate(zip(self.inputs, self.shared_channels), start=1):
+        for k, (i, shared, step) in enumerate(zip(self.inputs, self.shared_channels, self.steps), start=1):
             add = outputs[i][:, :shared]
+            if step != 1:
+                add = self._resampled(add, step)
             if weights[k] is not None:
                 add = add * (weights[k] if weights[k].shape[1] == 1 else weights[k][:, :shared])
             out = out + add if shared == c else torch.cat([out[:, :shared] + add, out[:, shared:]], dim=1)
