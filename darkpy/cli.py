@@ -5,6 +5,8 @@ import os
 import sys
 from typing import List, Optional
 
+from darkpy import __version__
+
 # PyTorch's OpenMP threads spin while they wait: when other processes (data loaders, other jobs) share the cores,
 # every layer waits for a time slice and inference gets up to 20x slower. Passive waiting costs about 10 % on an
 # idle machine (yolov3-tiny 19.5 vs 17.4 ms) and avoids that (docs/latency.md). Must be set before torch loads;
@@ -29,17 +31,40 @@ def _load(name: str):
     return importlib.import_module(module_name)
 
 
+def _from_darknet(argv: List[str]) -> Optional[List[str]]:
+    """A Darknet command line (`detector test ...`) as darkpy's, its warnings printed; None when it cannot
+    run (the error printed)."""
+    from darkpy.commands.darknet_cli import DarknetUsageError, translate
+    try:
+        translation = translate(argv)
+    except DarknetUsageError as error:
+        print(f"darkpy {argv[0]}: error: {error}", file=sys.stderr)
+        return None
+    for warning in translation.warnings:
+        print(f"darkpy {argv[0]}: warning: {warning}", file=sys.stderr)
+    return translation.argv
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from darkpy.commands.darknet_cli import is_darknet_command_line
+    if is_darknet_command_line(argv):
+        translated = _from_darknet(argv)
+        if translated is None:
+            return 2
+        argv = translated
     parser = argparse.ArgumentParser(
         prog="darkpy", description="Darknet's .cfg/.weights networks on PyTorch, with Darknet's numbers.",
-        epilog="`darkpy COMMAND --help` lists a command's options.")
+        epilog="`darkpy COMMAND --help` lists a command's options. Darknet's own command lines work too: "
+               "`darkpy detector test|map|train|demo DATA CFG [WEIGHTS] [IMAGE] [-flags]`, `darkpy detect CFG "
+               "WEIGHTS [IMAGE]` (docs/darknet_commands.md).")
+    parser.add_argument("--version", action="version", version=f"darkpy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     # Parse only the command name first so that a module is imported only when it is used.
     if not argv or argv[0] not in COMMANDS:
-        parser.parse_args(argv)  # prints usage / error for unknown commands
+        parser.parse_args(argv)  # prints the version, or usage / error for unknown commands
         parser.print_help()
         return 2
     name = argv[0]

@@ -33,10 +33,12 @@ GLOB_CHARACTERS = set("*?[")
 
 
 def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
-    """'auto' -> the first CUDA device when there is one, else the CPU; otherwise torch.device(device),
-    checked to exist."""
+    """'auto' -> the first CUDA device when there is one, else the CPU; a GPU number N (Darknet's -i N) ->
+    cuda:N; otherwise torch.device(device), checked to exist."""
     if str(device) == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if str(device).isdigit():
+        device = f"cuda:{device}"
     resolved = torch.device(device)
     if resolved.type == "cuda":
         if not torch.cuda.is_available():

@@ -29,7 +29,7 @@ from darkpy.training.chart import Chart
 from darkpy.training.checkpoints import Snapshots, basecfg
 from darkpy.training.dataset import TrainBatches, make_train_loader
 from darkpy.training.distributed import Distributed
-from darkpy.training.sampler import IterationSampler
+from darkpy.training.sampler import IterationSampler, multiscale_coef
 from darkpy.training.schedule import set_learning_rate
 from darkpy.training.settings import TrainOptions
 
@@ -247,6 +247,7 @@ class Trainer:
         load_start = time.time()
         for images, truths in self._loader():
             load_time = time.time() - load_start
+            self._resize_line(state.iteration, images.shape[-1], images.shape[-2])
             start = time.time()
             loss = self.train_iteration(images, truths, state.iteration)
             state.iteration += 1
@@ -261,6 +262,12 @@ class Trainer:
         if bar is not None:
             bar.close()
         return self._finish(state.iteration, interrupted)
+
+    def _resize_line(self, iteration: int, width: int, height: int) -> None:
+        """random=1: Darknet's lines each time it picks a new network size (every 10 iterations of the run)."""
+        random = self.settings.augment.random
+        if random and (iteration - self.start_iteration) % 10 == 0:
+            self._print(f"Resizing, random_coef = {multiscale_coef(random):.2f} \n\n {width} x {height} ")
 
     def _nothing_to_train(self) -> int:
         """Weights already at or past max_batches: Darknet writes _final at once; darkpy also says why."""

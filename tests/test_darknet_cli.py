@@ -1,0 +1,213 @@
+"""Darknet's own command lines (darkpy.commands.darknet_cli) and the drop-in fixes of issue #10: what each
+Darknet line becomes, and the outputs of `darkpy detector test` compared with what C Darknet (AlexeyAB
+59596d78, OpenCV build) printed and wrote for the same command (tests/fixtures/darknet_cli)."""
+import io
+import json
+import os
+import re
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from conftest import ORACLE, REPO, SHARED, require
+from darkpy import cli
+from darkpy.commands import detect
+from darkpy.commands.darknet_cli import DarknetUsageError, is_darknet_command_line, split_flags, translate
+
+FIXTURES = REPO / "tests" / "fixtures" / "darknet_cli"
+CFG = ORACLE / "real-yolov3-tiny" / "cfg.cfg"
+WEIGHTS = SHARED / "weights" / "yolov3-tiny.weights"
+NAMES = SHARED / "weights" / "coco.names"
+# the images of the fixtures, relative to ../shared (Darknet ran there, reading this list on stdin)
+LISTED = ["images/coffee.png", "images/grace_hopper.jpg", "darknet/images/dog.jpg"]
+
+
+# ============================================================================ the grammar
+
+def test_detector_test_becomes_detect():
+    line = "detector test cfg/coco.data cfg/yolov4.cfg yolov4.weights -ext_output -dont_show data/dog.jpg -thresh .3"
+    result = translate(line.split())
+    assert result.argv == ["detect", "--data", "cfg/coco.data", "--cfg", "cfg/yolov4.cfg", "--weights",
+                           "yolov4.weights", "--batch", "1", "--ext-output", "--thresh", ".3", "--", "data/dog.jpg"]
+    assert result.warnings == []
+
+
+def test_without_an_image_the_paths_come_from_stdin():
+    result = translate("detector test d.data c.cfg w.weights -dont_show -out result.json".split())
+    assert result.argv[-4:] == ["--out", "result.json", "--", "-"]
+
+
+def test_map_train_demo_and_the_coco_shortcut():
+    assert translate("detector map obj.data y.cfg y.weights -points 101 -iou_thresh 0.75".split()).argv == [
+        "map", "--data", "obj.data", "--cfg", "y.cfg", "--weights", "y.weights", "--points", "101",
+        "--iou-thresh", "0.75"]
+    train = translate("detector train obj.data y.cfg y.conv.29 -map -dont_show -clear -mAP_epochs 2".split())
+    assert train.argv == ["train", "--data", "obj.data", "--cfg", "y.cfg", "--weights", "y.conv.29", "--map",
+                          "--clear", "--map-epochs", "2"]
+    assert translate("detector train obj.data y.cfg -i 1".split()).argv[-2:] == ["--device", "1"]
+    demo = translate("detector demo coco.data y.cfg y.weights -c 1 -ext_output".split()).argv
+    assert demo[-3:] == ["--ext-output", "--", "1"]
+    shortcut = translate("detect cfg/yolov4.cfg yolov4.weights data/dog.jpg".split()).argv
+    assert shortcut == ["detect", "--cfg", "cfg/yolov4.cfg", "--weights", "yolov4.weights", "--batch", "1",
+                        "--thresh", "0.24", "--", "data/dog.jpg"]  # darknet.c's `detect`: thresh .24
+
+
+def test_flags_darknet_knows_but_darkpy_does_not_implement_warn():
+    result = translate("detector train obj.data y.cfg -mjpeg_port 8090 -gpus 0,1 -points 11".split())
+    assert result.argv[-2:] == ["--device", "0"] and "--points" not in result.argv
+    assert [w.split(":")[0] for w in result.warnings] == ["-mjpeg_port", "-points", "-gpus 0,1"]
+    assert "not implemented" in result.warnings[0] and "not used by detector train" in result.warnings[1]
+
+
+def test_unknown_flags_and_missing_words_are_errors():
+    with pytest.raises(DarknetUsageError, match="unknown flag -treshold"):
+        translate("detector test d.data c.cfg w.weights -treshold 0.5".split())
+    with pytest.raises(DarknetUsageError, match="-thresh needs a value"):
+        translate("detector test d.data c.cfg -thresh".split())
+    with pytest.raises(DarknetUsageError, match="usage: darkpy detector map DATA CFG"):
+        translate("detector map d.data".split())
+    with pytest.raises(DarknetUsageError, match="no such Darknet command"):
+        translate("detector tset d.data c.cfg".split())
+
+
+def test_flags_are_taken_out_from_anywhere_first_value_wins():
+    words, flags = split_flags("-thresh 0.1 test -ext_output d.data -thresh 0.9 c.cfg".split())
+    assert words == ["test", "d.data", "c.cfg"] and flags == {"-thresh": "0.1", "-ext_output": None}
+
+
+def test_which_lines_are_darknets():
+    assert is_darknet_command_line(["detector", "map"])
+    assert is_darknet_command_line(["detect", "cfg/yolov4.cfg", "yolov4.weights"])
+    assert not is_darknet_command_line(["detect", "--cfg", "a.cfg", "img.jpg"])
+    assert not is_darknet_command_line(["detect", "img.jpg"])
+
+
+def test_cli_prints_the_error_and_exits_2(capsys):
+    assert cli.main(["detector", "test", "d.data", "c.cfg", "-typo"]) == 2
+    assert "darkpy detector: error: unknown flag -typo" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0 and re.fullmatch(r"darkpy \d+\.\d+\.\d+\n", capsys.readouterr().out)
+
+
+# ============================================================================ against C Darknet's outputs
+
+def _coco_data(tmp_path: Path) -> Path:
+    data = tmp_path / "coco.data"
+    data.write_text(f"classes=80\nnames={require(NAMES)}\n")
+    return data
+
+
+def _detection_lines(stdout: str):
+    """test_detector's lines: `PATH: Predicted in ...` and the detections (not darkpy's closing summary)."""
+    return [line for line in stdout.splitlines() if "Predicted in" in line or re.match(r"\w[\w ]*: \d+%", line)]
+
+
+def test_detector_test_reading_stdin_prints_and_writes_what_darknet_does(tmp_path, capsys, monkeypatch):
+    """`darknet detector test coco.data CFG WEIGHTS -dont_show -ext_output -out result.json < list.txt`:
+    the same printed lines (timings aside) and the same -out JSON up to float rounding in the last digit."""
+    require(CFG), require(WEIGHTS)
+    monkeypatch.chdir(SHARED)
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(path + "\n" for path in LISTED)))
+    out = tmp_path / "result.json"
+    code = cli.main(["detector", "test", str(_coco_data(tmp_path)), str(CFG), str(WEIGHTS), "-dont_show",
+                     "-ext_output", "-out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    without_times = re.compile(r"Predicted in [0-9.]+ milli-seconds")
+    ours = [without_times.sub("", line) for line in _detection_lines(captured.out)]
+    darknet = [without_times.sub("", line) for line in (FIXTURES / "test_stdin_ext_output.stdout").read_text().splitlines()]
+    assert ours == darknet
+    ours_json, darknet_json = json.loads(out.read_text()), json.loads((FIXTURES / "test_stdin_out.json").read_text())
+    assert [r["filename"] for r in ours_json] == LISTED
+    for mine, theirs in zip(ours_json, darknet_json):
+        assert [(o["class_id"], o["name"]) for o in mine["objects"]] == [(o["class_id"], o["name"]) for o in theirs["objects"]]
+        for a, b in zip(mine["objects"], theirs["objects"]):
+            assert abs(a["confidence"] - b["confidence"]) <= 3e-6
+            assert all(abs(a["relative_coordinates"][k] - b["relative_coordinates"][k]) <= 3e-6
+                       for k in ("center_x", "center_y", "width", "height"))
+
+
+def test_save_labels_writes_darknets_label_files(tmp_path, capsys):
+    """-save_labels: `class x y w h` beside the image, as Darknet wrote them for the same images; the files
+    read back as labels."""
+    from darkpy.data import read_labels
+    for name in ("dog.jpg", "grace_hopper.jpg"):
+        source = require(SHARED / ("darknet/images" if name == "dog.jpg" else "images") / name)
+        shutil.copy(source, tmp_path / name)
+        code = cli.main(["detector", "test", str(_coco_data(tmp_path)), str(require(CFG)), str(require(WEIGHTS)),
+                         str(tmp_path / name), "-dont_show", "-save_labels"])
+        assert code == 0, capsys.readouterr().err
+        label = tmp_path / (Path(name).stem + ".txt")
+        ours = [line.split() for line in label.read_text().splitlines()]
+        darknet = [line.split() for line in (FIXTURES / f"save_labels_{Path(name).stem}.txt").read_text().splitlines()]
+        assert [row[0] for row in ours] == [row[0] for row in darknet]
+        assert all(abs(float(a) - float(b)) <= 1.5e-4 for r, s in zip(ours, darknet) for a, b in zip(r[1:], s[1:]))
+        assert read_labels(str(label), classes=80).shape == (len(darknet), 5)
+
+
+def test_darknet_shortcut_runs_the_network_it_names(tmp_path, capsys, monkeypatch):
+    """`darkpy detect CFG WEIGHTS IMAGE` runs that cfg (never the bundled one), coco names for 80 classes."""
+    monkeypatch.chdir(tmp_path)
+    image = require(SHARED / "images" / "coffee.png")
+    assert cli.main(["detect", str(require(CFG)), str(require(WEIGHTS)), str(image)]) == 0
+    assert "toilet: 40%" in capsys.readouterr().out.splitlines()
+
+
+# ============================================================================ never a silent wrong answer
+
+def _detect_args(tmp_path, *argv):
+    import argparse
+    parser = argparse.ArgumentParser()
+    detect.add_arguments(parser)
+    return parser.parse_args(["--cfg", str(require(CFG)), "--weights", str(require(WEIGHTS)), "--device", "cpu",
+                              "--save-dir", str(tmp_path / "runs"), *map(str, argv)])
+
+
+def test_a_network_file_among_the_images_is_an_error(tmp_path, capsys):
+    image = require(SHARED / "images" / "coffee.png")
+    code = detect.run(_detect_args(tmp_path, image, CFG, "--no-save"))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{CFG} is a network file, not an image" in err
+
+
+def test_names_must_match_the_networks_classes(tmp_path, capsys):
+    names = tmp_path / "five.names"
+    names.write_text("a\nb\nc\nd\ne\n")
+    code = detect.run(_detect_args(tmp_path, require(SHARED / "images" / "coffee.png"), "--names", names))
+    assert code == 2
+    assert "number of names 5 that isn't equal to classes=80" in capsys.readouterr().err
+
+
+def test_without_names_a_non_coco_network_prints_class_numbers():
+    import argparse
+    args = argparse.Namespace(data=None, names=None)
+    assert detect._class_names(args, 3, "x.cfg") == ["class 0", "class 1", "class 2"]
+    assert detect._class_names(args, 80, "x.cfg")[:2] == ["person", "bicycle"]
+
+
+# ============================================================================ ordinary permissions
+
+def test_weights_are_written_with_the_umask_mode(tmp_path):
+    from darkpy.model import Darknet
+    model = Darknet.from_cfg(str(require(CFG)))
+    old = os.umask(0o022)
+    try:
+        model.save_weights(str(tmp_path / "w.weights"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "w.weights").stat().st_mode) == 0o644
+
+
+def test_train_accepts_darknets_clear():
+    import argparse
+    from darkpy.commands import train
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    assert parser.parse_args(["--data", "d", "--cfg", "c", "-clear"]).clear
