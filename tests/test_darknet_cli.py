@@ -211,3 +211,32 @@ def test_train_accepts_darknets_clear():
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
     assert parser.parse_args(["--data", "d", "--cfg", "c", "-clear"]).clear
+
+
+# ============================================================================ training
+
+def test_resume_restores_the_runs_own_options(tmp_path):
+    """The options a run was started with are stored beside its snapshots; --resume takes them back where its
+    own command line leaves them at their defaults (here --max-batches, --batch and the drawn seed)."""
+    from test_train import make_dataset, trainer, write_cfg
+    from darkpy.training.checkpoints import restore_run_options, run_options_path
+    from darkpy.training.settings import TrainOptions
+    data = make_dataset(tmp_path, images=4)
+    cfg = write_cfg(tmp_path)
+    first = trainer(data, cfg, max_batches=7, batch=4, seed=None)
+    first.close()
+    assert run_options_path(first.options).is_file()
+    options, words = restore_run_options(TrainOptions(data=str(data), cfg=str(cfg), resume=True, batch=2))
+    assert (options.max_batches, options.batch, options.seed) == (7, 2, first.seed)
+    assert words == ["--max-batches 7", f"--seed {first.seed}"]
+
+
+def test_random_prints_darknets_resize_line(tmp_path):
+    from test_train import make_dataset, run_trainer, trainer, write_cfg
+    data = make_dataset(tmp_path, images=4)
+    cfg = write_cfg(tmp_path, max_batches=2, batch=2)
+    cfg.write_text(cfg.read_text().replace("random=0", "random=1"))
+    out = io.StringIO()
+    assert run_trainer(trainer(data, cfg, out=out)) == 0
+    # the first resize and those of the last 100 iterations take the largest size, round(1.4 * 64 / 32 + 1) * 32
+    assert "Resizing, random_coef = 1.40 \n\n 128 x 128 \n" in out.getvalue()

@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from tqdm import tqdm
@@ -26,7 +26,7 @@ from darkpy.evaluation.inference import Detector
 from darkpy.evaluation.mapdata import accumulate_map, iterate_detections, load_map_dataset
 from darkpy.training.build import build_training
 from darkpy.training.chart import Chart
-from darkpy.training.checkpoints import Snapshots, basecfg
+from darkpy.training.checkpoints import Snapshots, basecfg, restore_run_options, save_run_options
 from darkpy.training.dataset import TrainBatches, make_train_loader
 from darkpy.training.distributed import Distributed
 from darkpy.training.sampler import IterationSampler, multiscale_coef
@@ -116,9 +116,14 @@ class Trainer:
     train()."""
 
     def __init__(self, options: TrainOptions):
+        restored: List[str] = []
+        if options.resume:
+            options, restored = restore_run_options(options)
         self.options = options
         self.out = options.out or sys.stdout
         self.dist = Distributed.from_env()
+        if restored:
+            self._print(f" --resume: the run's own options restored: {' '.join(restored)}")
         self.stop = StopRequest(announce=self.dist.main)
         self.state: Optional[RunState] = None  # the loop's state, from train() on
         self._map_dataset = None
@@ -135,6 +140,8 @@ class Trainer:
         self.snapshots = Snapshots(self.model, self.backup, self.cfg_base, self.images_per_iteration, self.ema,
                                    self.dist.main, self._print)
         self.sized = SizedModels(self.model)
+        if self.dist.main:
+            save_run_options(options, self.seed)
 
     # Darknet's names for the settings and the loop's results
     subdivisions = property(lambda self: self.settings.subdivisions)
