@@ -16,7 +16,7 @@ RANKS = [
     {"model"},
     {"evaluation", "export", "summary", "paths", "shapes"},
     {"training"},
-    {"commands"},
+    {"commands", "api"},
     {"cli", "__main__"},
 ]
 RANK_OF = {name: rank for rank, names in enumerate(RANKS) for name in names}

@@ -186,10 +186,8 @@ def test_names_must_match_the_networks_classes(tmp_path, capsys):
 
 
 def test_without_names_a_non_coco_network_prints_class_numbers():
-    import argparse
-    args = argparse.Namespace(data=None, names=None)
-    assert detect._class_names(args, 3, "x.cfg") == ["class 0", "class 1", "class 2"]
-    assert detect._class_names(args, 80, "x.cfg")[:2] == ["person", "bicycle"]
+    assert detect.class_names(None, None, 3, "x.cfg") == ["class 0", "class 1", "class 2"]
+    assert detect.class_names(None, None, 80, "x.cfg")[:2] == ["person", "bicycle"]
 
 
 # ============================================================================ ordinary permissions

@@ -88,24 +88,23 @@ def _existing(path: str, fallback_to_repo: bool) -> str:
     return path
 
 
-def _class_names(args: argparse.Namespace, classes: int, cfg_path: str) -> List[str]:
-    """--data's names= file or --names, which must have one name per class of the network (as map requires);
-    without either: the project's coco.names for an 80-class network, else `class 0`, `class 1`... (COCO
-    names on another network would label its boxes with wrong names, silently)."""
-    if args.data:
-        config = read_data_config(args.data)
-        names_path = config.resolve("names")
+def class_names(data: Optional[str], names: Optional[str], classes: int, cfg_path: str) -> List[str]:
+    """The names of a .data file's names= or of a names file, which must have one name per class of the
+    network (as map requires); without either: the project's coco.names for an 80-class network, else
+    `class 0`, `class 1`... (COCO names on another network would label its boxes wrongly, silently)."""
+    if data:
+        names_path = read_data_config(data).resolve("names")
         if names_path is None:
-            raise ValueError(f"{args.data}: the .data file has no names= line")
-    elif args.names:
-        names_path = args.names
+            raise ValueError(f"{data}: the .data file has no names= line")
+    elif names:
+        names_path = names
     elif classes == COCO_CLASSES:
         return read_names(_existing(DEFAULT_NAMES, True))
     else:
         return [f"class {i}" for i in range(classes)]
-    names = read_names(names_path)
-    check_names_count(names, names_path, classes, cfg_path)
-    return names
+    listed = read_names(names_path)
+    check_names_count(listed, names_path, classes, cfg_path)
+    return listed
 
 
 def _build_detector(args: argparse.Namespace) -> Detector:
@@ -308,7 +307,7 @@ def _process_batch(detector: Detector, batch: List[Frame], names: Sequence[str],
 def _setup(args: argparse.Namespace) -> Tuple[List[str], Detector]:
     """The detector and its class names, one per class of its last head."""
     detector = _build_detector(args)
-    return _class_names(args, detector.classes, args.cfg), detector
+    return class_names(args.data, args.names, detector.classes, args.cfg), detector
 
 
 def _source_specs(sources: Sequence[str]) -> List[str]:
