@@ -17,6 +17,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 COMMANDS = {
     "detect": ("darkpy.commands.detect", "detect objects in images, folders, lists and videos (darknet detector test/demo)"),
     "map": ("darkpy.commands.map", "mean average precision on a .data file's valid list (darknet detector map)"),
+    "valid": ("darkpy.commands.valid", "write every detection of the valid list as COCO JSON or VOC files "
+                                        "(darknet detector valid)"),
     "train": ("darkpy.commands.train", "train a cfg on a darknet dataset (darknet detector train)"),
     "summary": ("darkpy.commands.summary", "layer table, BFLOPs and parameter count of a cfg"),
     "partial": ("darkpy.commands.partial", "copy the first N layers of a weights file (darknet partial)"),

@@ -238,3 +238,65 @@ def test_random_prints_darknets_resize_line(tmp_path):
     assert run_trainer(trainer(data, cfg, out=out)) == 0
     # the first resize and those of the last 100 iterations take the largest size, round(1.4 * 64 / 32 + 1) * 32
     assert "Resizing, random_coef = 1.40 \n\n 128 x 128 \n" in out.getvalue()
+
+
+# ============================================================================ detector valid
+
+def _valid_data(tmp_path: Path, coco: bool) -> Path:
+    folder = require(ORACLE / "map-tiny3")
+    data = tmp_path / ("coco.data" if coco else "voc.data")
+    data.write_text(f"classes=80\nvalid={folder / 'valid.txt'}\nnames={folder / 'coco.names'}\n"
+                    + ("eval=coco\n" if coco else ""))
+    return data
+
+
+# float noise: the network's sums differ from Darknet's in the last bits
+PIXELS, PROBABILITY = 1e-3, 5e-6
+
+
+def _voc_close(ours: str, darknet: str) -> bool:
+    """`<image> <probability> <xmin> <ymin> <xmax> <ymax>` lines."""
+    a, b = ours.split(), darknet.split()
+    return (a[0] == b[0] and abs(float(a[1]) - float(b[1])) <= PROBABILITY
+            and all(abs(float(x) - float(y)) <= PIXELS for x, y in zip(a[2:], b[2:])))
+
+
+def _coco_close(ours: str, darknet: str) -> bool:
+    """`{"image_id":N, "category_id":C, "bbox":[...], "score":P},` lines."""
+    if not ours.startswith("{"):
+        return ours == darknet
+    a, b = json.loads(ours.rstrip(",")), json.loads(darknet.rstrip(","))
+    return ((a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+            and abs(a["score"] - b["score"]) <= PROBABILITY
+            and all(abs(x - y) <= PIXELS for x, y in zip(a["bbox"], b["bbox"])))
+
+
+def test_detector_valid_writes_darknets_voc_files(tmp_path, monkeypatch, capsys):
+    """`detector valid` on map-tiny3: results/comp4_det_test_<class>.txt for all 80 classes, the same lines in
+    the same order as C Darknet's."""
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["detector", "valid", str(_valid_data(tmp_path, coco=False)), str(require(CFG)),
+                     str(require(WEIGHTS))])
+    assert code == 0, capsys.readouterr().err
+    darknet = {}
+    for row in (FIXTURES / "valid_voc_comp4.tsv").read_text().splitlines():
+        name, line = row.split("\t")
+        darknet.setdefault(name, []).append(line)
+    files = sorted((tmp_path / "results").glob("comp4_det_test_*.txt"))
+    assert len(files) == 80
+    for path in files:
+        ours = path.read_text().splitlines()
+        theirs = darknet.get(path.stem[len("comp4_det_test_"):], [])
+        assert len(ours) == len(theirs) and all(_voc_close(a, b) for a, b in zip(ours, theirs)), path.name
+
+
+def test_detector_valid_writes_darknets_coco_json(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["detector", "valid", str(_valid_data(tmp_path, coco=True)), str(require(CFG)),
+                     str(require(WEIGHTS)), "-out", "mine"])
+    assert code == 0, capsys.readouterr().err
+    ours = (tmp_path / "results" / "mine.json").read_text()
+    theirs = (FIXTURES / "valid_coco_results.json").read_text()
+    assert len(json.loads(ours)) == len(json.loads(theirs)) == 492
+    assert ours.count("\n") == theirs.count("\n")
+    assert all(_coco_close(a, b) for a, b in zip(ours.splitlines(), theirs.splitlines()))

@@ -63,6 +63,7 @@ _DEMO_FLAGS = {"-thresh": "--thresh", "-hier": "--hier", "-ext_output": "--ext-o
                "-out_filename": None}
 _MAP_FLAGS = {"-thresh": "--thresh", "-iou_thresh": "--iou-thresh", "-points": "--points",
               "-letter_box": "--letter-box", "-i": "--device"}
+_VALID_FLAGS = {"-out": "--out", "-i": "--device"}
 _TRAIN_FLAGS = {"-map": "--map", "-clear": "--clear", "-mAP_epochs": "--map-epochs", "-i": "--device",
                 "-gpus": None, "-dont_show": None}
 
@@ -135,7 +136,7 @@ def translate(argv: Sequence[str]) -> Translation:
     if argv[0] == "detect":
         return _coco_shortcut(positional, flags, warnings)
     if not positional:
-        raise DarknetUsageError("usage: darkpy detector [test/map/train/demo] [data] [cfg] [weights (optional)]")
+        raise DarknetUsageError("usage: darkpy detector [test/map/train/valid/demo] [data] [cfg] [weights (optional)]")
     mode, files = positional[0], positional[1:]
     if mode not in _MODES:
         raise DarknetUsageError(f"detector {mode}: " + (_NOT_YET.get(mode) or "there is no such Darknet command"))
@@ -191,6 +192,12 @@ def _map(files: Sequence[str], flags: Dict[str, Optional[str]], warnings: List[s
     return Translation(argv + _mapped_flags(flags, _MAP_FLAGS, "detector map", warnings), warnings)
 
 
+def _valid(files: Sequence[str], flags: Dict[str, Optional[str]], warnings: List[str]) -> Translation:
+    """detector valid DATA CFG [WEIGHTS] [-out NAME]."""
+    argv = ["valid", "--data", files[0], "--cfg", files[1]] + _weights(files[2:])
+    return Translation(argv + _mapped_flags(flags, _VALID_FLAGS, "detector valid", warnings), warnings)
+
+
 def _train(files: Sequence[str], flags: Dict[str, Optional[str]], warnings: List[str]) -> Translation:
     """detector train DATA CFG [WEIGHTS]; -gpus N is --device cuda:N (several GPUs: torchrun)."""
     argv = ["train", "--data", files[0], "--cfg", files[1]] + _weights(files[2:])
@@ -220,9 +227,8 @@ def _coco_shortcut(positional: Sequence[str], flags: Dict[str, Optional[str]],
 
 
 _MODES: Dict[str, Callable[[Sequence[str], Dict[str, Optional[str]], List[str]], Translation]] = {
-    "test": _test, "demo": _demo, "map": _map, "train": _train}
+    "test": _test, "demo": _demo, "map": _map, "train": _train, "valid": _valid}
 _NOT_YET = {
-    "valid": "not implemented yet: `darkpy map --save-json results/coco_results.json` writes the COCO results",
     "calc_anchors": "not implemented yet",
     "recall": "not implemented (Darknet's old recall table; darkpy map prints precision, recall and F1)",
     "draw": "not implemented (Darknet's interactive drawing window)",
