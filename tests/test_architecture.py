@@ -14,7 +14,7 @@ RANKS = [
     {"layers"},
     {"heads"},
     {"model"},
-    {"evaluation", "export", "summary", "paths", "shapes"},
+    {"evaluation", "export", "summary", "paths", "shapes", "anchors"},
     {"training"},
     {"commands", "api"},
     {"cli", "__main__"},

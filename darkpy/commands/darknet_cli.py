@@ -64,6 +64,7 @@ _DEMO_FLAGS = {"-thresh": "--thresh", "-hier": "--hier", "-ext_output": "--ext-o
 _MAP_FLAGS = {"-thresh": "--thresh", "-iou_thresh": "--iou-thresh", "-points": "--points",
               "-letter_box": "--letter-box", "-i": "--device"}
 _VALID_FLAGS = {"-out": "--out", "-i": "--device"}
+_CALC_ANCHORS_FLAGS = {"-num_of_clusters": "--num-of-clusters", "-width": "--width", "-height": "--height"}
 _TRAIN_FLAGS = {"-map": "--map", "-clear": "--clear", "-mAP_epochs": "--map-epochs", "-i": "--device",
                 "-gpus": None, "-dont_show": None}
 
@@ -136,13 +137,15 @@ def translate(argv: Sequence[str]) -> Translation:
     if argv[0] == "detect":
         return _coco_shortcut(positional, flags, warnings)
     if not positional:
-        raise DarknetUsageError("usage: darkpy detector [test/map/train/valid/demo] [data] [cfg] [weights (optional)]")
+        raise DarknetUsageError("usage: darkpy detector [test/map/train/valid/demo/calc_anchors] DATA CFG "
+                                "[WEIGHTS]")
     mode, files = positional[0], positional[1:]
     if mode not in _MODES:
         raise DarknetUsageError(f"detector {mode}: " + (_NOT_YET.get(mode) or "there is no such Darknet command"))
-    if len(files) < 2:
-        raise DarknetUsageError(f"usage: darkpy detector {mode} DATA CFG [WEIGHTS]{' [IMAGE]' if mode == 'test' else ''}")
-    return _MODES[mode](files, flags, warnings)
+    handler, needed, usage = _MODES[mode]
+    if len(files) < needed:
+        raise DarknetUsageError(f"usage: darkpy detector {mode} {usage}")
+    return handler(files, flags, warnings)
 
 
 def _mapped_flags(flags: Dict[str, Optional[str]], table: Dict[str, Optional[str]], where: str,
@@ -198,6 +201,12 @@ def _valid(files: Sequence[str], flags: Dict[str, Optional[str]], warnings: List
     return Translation(argv + _mapped_flags(flags, _VALID_FLAGS, "detector valid", warnings), warnings)
 
 
+def _calc_anchors(files: Sequence[str], flags: Dict[str, Optional[str]], warnings: List[str]) -> Translation:
+    """detector calc_anchors DATA -num_of_clusters K -width W -height H (a cfg after DATA is not read)."""
+    argv = ["calc-anchors", "--data", files[0]]
+    return Translation(argv + _mapped_flags(flags, _CALC_ANCHORS_FLAGS, "detector calc_anchors", warnings), warnings)
+
+
 def _train(files: Sequence[str], flags: Dict[str, Optional[str]], warnings: List[str]) -> Translation:
     """detector train DATA CFG [WEIGHTS]; -gpus N is --device cuda:N (several GPUs: torchrun)."""
     argv = ["train", "--data", files[0], "--cfg", files[1]] + _weights(files[2:])
@@ -226,10 +235,16 @@ def _coco_shortcut(positional: Sequence[str], flags: Dict[str, Optional[str]],
     return Translation(argv + ["--", rest[0] if rest else "-"], warnings)
 
 
-_MODES: Dict[str, Callable[[Sequence[str], Dict[str, Optional[str]], List[str]], Translation]] = {
-    "test": _test, "demo": _demo, "map": _map, "train": _train, "valid": _valid}
+# mode -> (translation, the words it needs after the mode, its usage)
+_MODES: Dict[str, Tuple[Callable[[Sequence[str], Dict[str, Optional[str]], List[str]], Translation], int, str]] = {
+    "test": (_test, 2, "DATA CFG [WEIGHTS] [IMAGE]"),
+    "demo": (_demo, 2, "DATA CFG [WEIGHTS] [VIDEO]"),
+    "map": (_map, 2, "DATA CFG [WEIGHTS]"),
+    "train": (_train, 2, "DATA CFG [WEIGHTS]"),
+    "valid": (_valid, 2, "DATA CFG [WEIGHTS]"),
+    "calc_anchors": (_calc_anchors, 1, "DATA -num_of_clusters 9 -width 416 -height 416"),
+}
 _NOT_YET = {
-    "calc_anchors": "not implemented yet",
     "recall": "not implemented (Darknet's old recall table; darkpy map prints precision, recall and F1)",
     "draw": "not implemented (Darknet's interactive drawing window)",
 }
