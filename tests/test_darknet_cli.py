@@ -346,3 +346,33 @@ def test_calc_anchors_reaches_darknets_median_and_is_reproducible(tmp_path, monk
     anchors = list(zip(numbers[::2], numbers[1::2]))
     assert len(anchors) == 6 and [w * h for w, h in anchors] == sorted(w * h for w, h in anchors)
     assert f"anchors = {(tmp_path / 'anchors.txt').read_text()}" in first
+
+
+# ============================================================================ detector map
+
+@pytest.mark.parametrize("flags, output", [(["-points", "101"], "map_points101.txt"),
+                                           (["-iou_thresh", "0.75"], "map_iou075.txt")])
+def test_detector_map_prints_darknets_report(flags, output, monkeypatch, capsys):
+    """`darknet detector map tiny3.data CFG WEIGHTS -points 101` run unchanged as `darkpy detector map ...`
+    from the oracle's folder: the per-class APs and the mAP Darknet printed."""
+    from map_report import parse_map_report
+    folder = require(ORACLE / "map-tiny3")
+    monkeypatch.chdir(folder)
+    assert cli.main(["detector", "map", "tiny3.data", str(require(CFG)), str(require(WEIGHTS)), *flags]) == 0
+    ours = parse_map_report(capsys.readouterr().out)
+    darknet = parse_map_report((folder / "darknet-output" / output).read_text())
+    assert ours.ap_percent == darknet.ap_percent and ours.mean_ap == darknet.mean_ap
+
+
+def test_detector_train_runs_darknets_line(tmp_path, capsys):
+    """`darknet detector train DATA CFG -dont_show -map` unchanged: trains, computes mAP and writes _final."""
+    from test_train import make_dataset, write_cfg
+    data = make_dataset(tmp_path, images=4)
+    cfg = write_cfg(tmp_path, max_batches=2, batch=2)
+    code = cli.main(["detector", "train", str(data), str(cfg), "-dont_show", "-map"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert (tmp_path / "backup" / "tiny_final.weights").is_file()
+    # -map prints Darknet's per-class table, then train_detector's mAP line
+    assert "class_id = 1, name = disc, ap = " in captured.out
+    assert " mean_average_precision (mAP@0.50) = " in captured.out

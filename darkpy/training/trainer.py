@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from darkpy.evaluation.inference import Detector
 from darkpy.evaluation.mapdata import accumulate_map, iterate_detections, load_map_dataset
+from darkpy.evaluation.metrics import format_map_report
 from darkpy.training.build import build_training
 from darkpy.training.chart import Chart
 from darkpy.training.checkpoints import Snapshots, basecfg, restore_run_options, save_run_options
@@ -101,14 +102,14 @@ class StopRequest:
 
 
 def compute_map(model, device: torch.device, data_file: str, dataset, problems):
-    """validate_detector_map on the valid list at the initial network size (AUC, IoU .5); returns (mAP, the
-    map dataset, kept for the next call)."""
+    """validate_detector_map on the valid list at the initial network size (AUC, IoU .5); returns (its result,
+    the map dataset, kept for the next call)."""
     dataset = dataset or load_map_dataset(data_file)
     detector = Detector(model, device, letter_box=model.letter_box)
     classes = int(model.heads[-1].classes)
     detected = iterate_detections(detector, dataset.image_paths, 8, problems, progress=False)
     accumulator = accumulate_map(detected, dataset, classes, 0.5, 0.25, problems)
-    return float(accumulator.result(0).mean_ap), dataset
+    return accumulator.result(0), dataset
 
 
 class Trainer:
@@ -163,10 +164,14 @@ class Trainer:
     def save(self, suffix: str, iteration: int):
         return self.snapshots.save(suffix, iteration)
 
-    def compute_map(self) -> float:
-        value, self._map_dataset = compute_map(self.model, self.device, self.options.data, self._map_dataset,
-                                               self.problems)
-        return value
+    def compute_map(self, report: bool = False) -> float:
+        """mAP@0.5 on the valid list; with `report`, Darknet's per-class table printed first (as -map does)."""
+        result, self._map_dataset = compute_map(self.model, self.device, self.options.data, self._map_dataset,
+                                                self.problems)
+        if report:
+            for line in [""] + format_map_report(result, self._map_dataset.names):
+                self._print(line)
+        return float(result.mean_ap)
 
     def _loader(self) -> TrainBatches:
         sampler = IterationSampler(len(self.train_set), self.images_per_iteration, self.model.width,
@@ -317,7 +322,7 @@ class Trainer:
         if state.iteration < due and state.iteration != self.max_batches:
             return
         state.iter_map = state.iteration
-        state.last_map = self.compute_map() if self.dist.main else 0.0
+        state.last_map = self.compute_map(report=True) if self.dist.main else 0.0
         self._print(f"\n mean_average_precision (mAP@0.50) = {state.last_map:f} ")
         chart.add_map(state.iteration, state.last_map)
         if state.last_map >= state.best_map:
