@@ -376,3 +376,33 @@ def test_detector_train_runs_darknets_line(tmp_path, capsys):
     # -map prints Darknet's per-class table, then train_detector's mAP line
     assert "class_id = 1, name = disc, ap = " in captured.out
     assert " mean_average_precision (mAP@0.50) = " in captured.out
+
+
+def test_detect_reads_a_list_of_relative_paths_and_redirected_stdin(tmp_path, monkeypatch, capsys):
+    """A list file's relative paths are found beside the list (as map finds them); `darkpy detect < list.txt`
+    reads the list from standard input instead of running the default photos."""
+    folder = tmp_path / "set"
+    folder.mkdir()
+    shutil.copy(require(SHARED / "images" / "coffee.png"), folder / "coffee.png")
+    listing = folder / "list.txt"
+    listing.write_text("coffee.png\n")
+    assert detect.run(_detect_args(tmp_path, listing, "--no-save")) == 0
+    assert "toilet: 40%" in capsys.readouterr().out
+
+    monkeypatch.chdir(folder)
+    with open(listing) as stdin:
+        monkeypatch.setattr("sys.stdin", stdin)
+        assert detect.run(_detect_args(tmp_path, "--no-save")) == 0
+    out = capsys.readouterr().out
+    assert "coffee.png: Predicted in" in out and "1 image(s)" in out
+
+
+def test_device_number_means_that_gpu():
+    """--device 0 (Darknet's -i 0) is cuda:0; without CUDA a clear error instead of a traceback."""
+    import torch
+    from darkpy.evaluation.inference import resolve_device
+    if torch.cuda.is_available():
+        assert resolve_device("0") == torch.device("cuda:0")
+    else:
+        with pytest.raises(ValueError, match="device cuda:0: CUDA is not available"):
+            resolve_device("0")

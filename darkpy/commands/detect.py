@@ -10,6 +10,7 @@ With no arguments it runs the project's yolov3-tiny cfg and weights on the photo
 import argparse
 import json
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -48,9 +49,10 @@ _COLOR_RAMP = np.array([[1, 0, 1], [0, 0, 1], [0, 1, 1], [0, 1, 0], [1, 1, 0], [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sources", nargs="*", default=[DEFAULT_SOURCE],
+    parser.add_argument("sources", nargs="*",
                         help="images, folders, list files (one path per line), glob patterns, videos, camera "
-                             f"indices, or - for paths read from standard input (default: {DEFAULT_SOURCE})")
+                             "indices, or - for paths read from standard input (default: the paths on standard "
+                             f"input when it is a file or a pipe, as darknet's `< list.txt`, else {DEFAULT_SOURCE})")
     parser.add_argument("--cfg", default=DEFAULT_CFG, help=f"network cfg (default: {DEFAULT_CFG})")
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"darknet weights (default: {DEFAULT_WEIGHTS})")
     names = parser.add_mutually_exclusive_group()
@@ -310,11 +312,21 @@ def _setup(args: argparse.Namespace) -> Tuple[List[str], Detector]:
     return class_names(args.data, args.names, detector.classes, args.cfg), detector
 
 
-def _source_specs(sources: Sequence[str]) -> List[str]:
-    """The command line's sources: `-` replaced by the paths on standard input (one a line), the default
-    folder found in the checkout too; a .cfg or .weights among them is an error, not an image to skip."""
+def _stdin_is_redirected() -> bool:
+    """Standard input is a file or a pipe (`darkpy detect < list.txt`), not a terminal or /dev/null."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):  # no stdin, or a stand-in without a file (pytest's)
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
+def _source_specs(sources: Optional[Sequence[str]]) -> List[str]:
+    """The command line's sources (none: standard input's paths when redirected, else the default folder,
+    found in the checkout too), `-` replaced by the paths on standard input (one a line); a .cfg or .weights
+    among them is an error, not an image to skip."""
     specs: List[str] = []
-    for spec in sources:
+    for spec in sources or [STDIN_SOURCE if _stdin_is_redirected() else DEFAULT_SOURCE]:
         if spec == STDIN_SOURCE:
             specs.extend(line.strip() for line in sys.stdin if line.strip())
         else:
