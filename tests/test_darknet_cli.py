@@ -87,6 +87,8 @@ def test_which_lines_are_darknets():
 def test_cli_prints_the_error_and_exits_2(capsys):
     assert cli.main(["detector", "test", "d.data", "c.cfg", "-typo"]) == 2
     assert "darkpy detector: error: unknown flag -typo" in capsys.readouterr().err
+    assert cli.main(["classifier", "predict", "imagenet1k.data", "darknet19.cfg", "darknet19.weights"]) == 2
+    assert "darkpy classifier: error: classifier: not implemented" in capsys.readouterr().err
 
 
 def test_version(capsys):

@@ -81,11 +81,27 @@ class Translation:
     warnings: List[str]
 
 
+# Darknet's other top-level commands: recognised, and refused with the reason (docs/darknet_commands.md).
+_CLASSIFIER = ("not implemented: darkpy builds classifier cfgs (darkpy summary, darkpy.load(...).model) but has "
+               "no classifier predict/train/valid front end yet")
+REFUSED_COMMANDS = {
+    "classifier": _CLASSIFIER, "classify": _CLASSIFIER,
+    "imtest": "not implemented (Darknet's image-augmentation viewer)",
+    "visualize": "not implemented (Darknet's weights viewer window)",
+    "rescale": "not implemented", "reset": "not implemented", "normalize": "not implemented",
+    "denormalize": "not implemented (darkpy fuses batch norm itself when it loads a network)",
+    "statistics": "not implemented", "ops": "use `darkpy summary CFG` (layer table and BFLOPs)",
+    "oneoff": "not implemented", "average": "not implemented",
+    "rnn": "not implemented (Darknet's RNN demos)", "nightmare": "not implemented", "speed": "not implemented",
+}
+
+
 def is_darknet_command_line(argv: Sequence[str]) -> bool:
-    """`detector ...`, or `detect CFG WEIGHTS ...` (darkpy's own detect takes images, never a .cfg first)."""
+    """`detector ...`, one of Darknet's other commands, or `detect CFG WEIGHTS ...` (darkpy's own detect takes
+    images, never a .cfg first)."""
     if not argv:
         return False
-    if argv[0] == "detector":
+    if argv[0] == "detector" or argv[0] in REFUSED_COMMANDS:
         return True
     if argv[0] != "detect":
         return False
@@ -131,6 +147,8 @@ def _is_number(word: str) -> bool:
 
 def translate(argv: Sequence[str]) -> Translation:
     """The darkpy command line for a Darknet one (`detector MODE ...` or `detect CFG WEIGHTS [IMAGE]`)."""
+    if argv[0] in REFUSED_COMMANDS:
+        raise DarknetUsageError(f"{argv[0]}: {REFUSED_COMMANDS[argv[0]]}")
     positional, flags = split_flags(argv[1:])
     warnings = [f"{flag}: not implemented in darkpy ({FLAGS[flag].not_implemented}); ignored"
                 for flag in flags if FLAGS[flag].not_implemented]
