@@ -60,8 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="darkpy", description="Darknet's .cfg/.weights networks on PyTorch, with Darknet's numbers.",
         epilog="`darkpy COMMAND --help` lists a command's options. Darknet's own command lines work too: "
-               "`darkpy detector test|map|train|demo DATA CFG [WEIGHTS] [IMAGE] [-flags]`, `darkpy detect CFG "
-               "WEIGHTS [IMAGE]` (docs/darknet_commands.md).")
+               "`darkpy detector test|map|train|valid|demo|calc_anchors DATA CFG [WEIGHTS] [IMAGE] [-flags]`, "
+               "`darkpy detect CFG WEIGHTS [IMAGE]` (docs/darknet_commands.md).")
     parser.add_argument("--version", action="version", version=f"darkpy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():

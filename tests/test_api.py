@@ -71,3 +71,8 @@ def test_plot_and_save(net, tmp_path):
 def test_import_stays_cheap():
     code = "import sys, darkpy; assert 'torch' not in sys.modules and callable(darkpy.load)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_a_classifier_cfg_is_refused_clearly():
+    with pytest.raises(ValueError, match="cannot detect objects"):
+        darkpy.load(require(ORACLE / "darknet19" / "cfg.cfg"), device="cpu")

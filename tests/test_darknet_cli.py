@@ -123,12 +123,13 @@ def test_detector_test_reading_stdin_prints_and_writes_what_darknet_does(tmp_pat
     assert code == 0, captured.err
     without_times = re.compile(r"Predicted in [0-9.]+ milli-seconds")
     ours = [without_times.sub("", line) for line in _detection_lines(captured.out)]
-    darknet = [without_times.sub("", line) for line in (FIXTURES / "test_stdin_ext_output.stdout").read_text().splitlines()]
-    assert ours == darknet
+    printed = (FIXTURES / "test_stdin_ext_output.stdout").read_text().splitlines()
+    assert ours == [without_times.sub("", line) for line in printed]
     ours_json, darknet_json = json.loads(out.read_text()), json.loads((FIXTURES / "test_stdin_out.json").read_text())
     assert [r["filename"] for r in ours_json] == LISTED
     for mine, theirs in zip(ours_json, darknet_json):
-        assert [(o["class_id"], o["name"]) for o in mine["objects"]] == [(o["class_id"], o["name"]) for o in theirs["objects"]]
+        names = [[(o["class_id"], o["name"]) for o in record["objects"]] for record in (mine, theirs)]
+        assert names[0] == names[1]
         for a, b in zip(mine["objects"], theirs["objects"]):
             assert abs(a["confidence"] - b["confidence"]) <= 3e-6
             assert all(abs(a["relative_coordinates"][k] - b["relative_coordinates"][k]) <= 3e-6

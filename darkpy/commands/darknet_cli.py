@@ -70,7 +70,6 @@ _TRAIN_FLAGS = {"-map": "--map", "-clear": "--clear", "-mAP_epochs": "--map-epoc
 
 # Darknet's default where it differs from darkpy's: `darknet detect` uses thresh .24 (detector test: .25).
 _COCO_SHORTCUT_THRESH = "0.24"
-COCO_DATA = "cfg/coco.data"
 
 
 @dataclass
