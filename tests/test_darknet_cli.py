@@ -409,3 +409,13 @@ def test_device_number_means_that_gpu():
     else:
         with pytest.raises(ValueError, match="device cuda:0: CUDA is not available"):
             resolve_device("0")
+
+
+def test_partial_writes_darknets_file(tmp_path, capsys):
+    """`darknet partial CFG WEIGHTS OUT 13` unchanged: the same seen and floats as Darknet's file (the header
+    keeps the input's version, 0.2.0 here, where Darknet writes its own 0.2.5)."""
+    import hashlib
+    out = tmp_path / "yolov3-tiny.conv.13"
+    assert cli.main(["partial", str(require(CFG)), str(require(WEIGHTS)), str(out), "13"]) == 0
+    expected = (FIXTURES / "partial_yolov3-tiny_13.sha256").read_text().split()[0]
+    assert hashlib.sha256(out.read_bytes()[12:]).hexdigest() == expected
