@@ -1,25 +1,25 @@
 """darkpy in one call: `net = darkpy.load(cfg, weights, names=...)`, then `net("dog.jpg")`.
 
-The network is built and loaded as `darkpy detect` builds it (commands.common.build_detector: batch norm
-folded, eval mode, channels_last on the chosen device) and its results are Darknet's: `.lines()` are the lines
+The network is built and loaded as `darkpy detect` builds it (commands.common: batch norm folded, eval
+mode, channels_last on the chosen device) and its results are Darknet's: `.lines()` are the lines
 `darknet detector test` prints, `.to_json()` is its `-out` record, `.plot()` draws Darknet's boxes.
 
 Arrays carry no colour order, so an array must come with `bgr=True` (OpenCV's frames) or `bgr=False` (RGB,
 as PIL, imageio and matplotlib give them): darkpy never guesses.
 """
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
+import torch
 
 from darkpy.boxes import Detection, best_shown_class, detection_lines
-from darkpy.commands.common import build_detector
+from darkpy.commands.common import load_model, ready_for_inference
 from darkpy.commands.detect import class_names, draw_detections, json_record
 from darkpy.evaluation.inference import Detector
-from darkpy.image import load_image
+from darkpy.image import classifier_input, load_image
 
 Image = Union[str, Path, np.ndarray]
 
@@ -125,14 +125,58 @@ def _as_rgb(image: Image, bgr: Optional[bool]) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, ::-1]) if bgr else image
 
 
+@dataclass
+class Classes:
+    """A classifier's output for one image: the probability of every class (the network's last output)."""
+
+    image: np.ndarray
+    path: Optional[str]
+    probabilities: np.ndarray
+    class_names: List[str]
+
+    def top(self, k: int = 5) -> List[Tuple[str, float]]:
+        """The k most probable classes, best first (Darknet's top_k: the first class on ties)."""
+        order = np.argsort(-self.probabilities, kind="stable")[:k]
+        return [(self.class_names[i], float(self.probabilities[i])) for i in order]
+
+    def lines(self, k: int = 5) -> List[str]:
+        """What `darknet classifier predict` prints for the image: `name: probability` for the top k."""
+        return ["%s: %f" % (name, probability) for name, probability in self.top(k)]
+
+
+class Classifier:
+    """A loaded Darknet classifier: call it on an image path, an array (say `bgr=`), or a list of them."""
+
+    def __init__(self, model, names: List[str]):
+        self.model, self.names = model, names
+
+    def __call__(self, images: Union[Image, Sequence[Image]], bgr: Optional[bool] = None) -> Union[Classes, List[Classes]]:
+        single = isinstance(images, (str, Path, np.ndarray))
+        items = [images] if single else list(images)
+        results = [self._classify(item, _as_rgb(item, bgr)) for item in items]
+        return results[0] if single else results
+
+    def _classify(self, item: Image, rgb: np.ndarray) -> Classes:
+        """predict_classifier's input (resize_min, centre crop) and forward pass."""
+        network_input = classifier_input(rgb, self.model.width, self.model.height)[None]
+        with torch.inference_mode():
+            parameter = next(self.model.parameters())
+            output = self.model(torch.from_numpy(network_input).to(parameter.device, parameter.dtype))
+        probabilities = output.float().flatten().cpu().numpy()
+        return Classes(rgb, None if isinstance(item, np.ndarray) else str(item), probabilities, self.names)
+
+
 def load(cfg: Union[str, Path], weights: Optional[Union[str, Path]] = None, names: Optional[Union[str, Path]] = None,
          data: Optional[Union[str, Path]] = None, device: str = "auto", thresh: float = 0.25, hier: float = 0.5,
-         nms: float = 0.45, letter_box: bool = False, batch: int = 4) -> Network:
-    """A Darknet network ready to detect: `names` (one per line) or `data` (a .data file's names=) must have one
-    name per class; without either, coco.names for an 80-class network, else `class 0`, `class 1`...
-    letter_box=True letterboxes as Darknet's -letter_box (the cfg's [net] letter_box=1 does too)."""
-    settings = argparse.Namespace(cfg=str(cfg), weights=str(weights) if weights else None, width=None,
-                                  height=None, device=device, letter_box=letter_box, batch=batch)
-    _, detector = build_detector(settings)
-    class_list = class_names(str(data) if data else None, str(names) if names else None, detector.classes, str(cfg))
-    return Network(detector, class_list, thresh, hier, nms)
+         nms: float = 0.45, letter_box: bool = False, batch: int = 4) -> Union[Network, Classifier]:
+    """A Darknet network ready to detect — or, for a classifier cfg (no detection layer), to classify: `names`
+    (one per line) or `data` (a .data file's names=) must have one name per class; without either, coco.names
+    for an 80-class detector, else `class 0`, `class 1`... letter_box=True letterboxes as Darknet's
+    -letter_box (the cfg's [net] letter_box=1 does too)."""
+    data_path, names_path = (str(data) if data else None), (str(names) if names else None)
+    model = ready_for_inference(load_model(str(cfg), str(weights) if weights else None), device)
+    if not model.heads:
+        outputs = int(np.prod(model.layers[model.output_index].out_shape))
+        return Classifier(model, class_names(data_path, names_path, outputs, str(cfg), coco=False))
+    detector = Detector(model, device=None, letter_box=True if letter_box else None, batch_size=batch)
+    return Network(detector, class_names(data_path, names_path, detector.classes, str(cfg)), thresh, hier, nms)

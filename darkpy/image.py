@@ -108,6 +108,23 @@ def letterbox_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return boxed
 
 
+def classifier_input(image: np.ndarray, net_w: int, net_h: int) -> np.ndarray:
+    """HxWx3 uint8 RGB -> float32 (3, net_h, net_w) as predict_classifier feeds it: resize_min (the shorter
+    side to the network width, the other in proportion, integer arithmetic), then crop_image's centre crop,
+    whose coordinates are clamped to the image (edge pixels repeat where the crop passes it)."""
+    chw = to_float(image)
+    _, height, width = chw.shape
+    if width < height:
+        new_w, new_h = net_w, (height * net_w) // width
+    else:
+        new_w, new_h = (width * net_w) // height, net_w
+    resized = resize_image(chw, new_w, new_h)
+    left, top = int((new_w - net_w) / 2), int((new_h - net_h) / 2)  # C's division truncates towards 0
+    rows = np.clip(np.arange(net_h) + top, 0, new_h - 1)
+    cols = np.clip(np.arange(net_w) + left, 0, new_w - 1)
+    return np.ascontiguousarray(resized[:, rows][:, :, cols])
+
+
 def network_input(image: np.ndarray, net_w: int, net_h: int, letter_box: bool = False) -> np.ndarray:
     """HxWx3 uint8 RGB -> float32 (3, net_h, net_w): what test_detector feeds the network."""
     if image.ndim != 3 or image.dtype != np.uint8:

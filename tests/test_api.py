@@ -73,6 +73,18 @@ def test_import_stays_cheap():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
-def test_a_classifier_cfg_is_refused_clearly():
-    with pytest.raises(ValueError, match="cannot detect objects"):
-        darkpy.load(require(ORACLE / "darknet19" / "cfg.cfg"), device="cpu")
+def test_a_classifier_gives_darknets_top_classes(tmp_path):
+    """A classifier cfg (darknet19, the oracle's seeded weights): the same call gives the top classes, printed
+    as `darknet classifier predict` printed them (resize_min, centre crop, top_k)."""
+    from oracle_utils import make_weights
+    folder = require(ORACLE / "darknet19")
+    weights = make_weights(ORACLE, folder, tmp_path / "darknet19.weights")
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"class{i}\n" for i in range(1000)))
+    classifier = darkpy.load(folder / "cfg.cfg", weights, names=names, device="cpu")
+    printed = (FIXTURES / "classifier_predict_darknet19.txt").read_text().splitlines()
+    images = [require(SHARED / "darknet" / "images" / "dog.jpg"), require(SHARED / "images" / "coffee.png")]
+    for result, darknet in zip(classifier(images), (printed[:5], printed[5:])):
+        assert [line.split(":")[0] for line in result.lines(5)] == [line.split(":")[0] for line in darknet]
+        assert [p for _, p in result.top(5)] == pytest.approx([float(line.split()[1]) for line in darknet],
+                                                               abs=1.5e-6)

@@ -90,17 +90,18 @@ def _existing(path: str, fallback_to_repo: bool) -> str:
     return path
 
 
-def class_names(data: Optional[str], names: Optional[str], classes: int, cfg_path: str) -> List[str]:
+def class_names(data: Optional[str], names: Optional[str], classes: int, cfg_path: str,
+                coco: bool = True) -> List[str]:
     """The names of a .data file's names= or of a names file, which must have one name per class of the
-    network (as map requires); without either: the project's coco.names for an 80-class network, else
-    `class 0`, `class 1`... (COCO names on another network would label its boxes wrongly, silently)."""
+    network (as map requires); without either: the project's coco.names for an 80-class detector (`coco`),
+    else `class 0`, `class 1`... (COCO names on another network would label its boxes wrongly, silently)."""
     if data:
         names_path = read_data_config(data).resolve("names")
         if names_path is None:
             raise ValueError(f"{data}: the .data file has no names= line")
     elif names:
         names_path = names
-    elif classes == COCO_CLASSES:
+    elif coco and classes == COCO_CLASSES:
         return read_names(_existing(DEFAULT_NAMES, True))
     else:
         return [f"class {i}" for i in range(classes)]
