@@ -20,6 +20,8 @@ COMMANDS = {
     "valid": ("darkpy.commands.valid", "write every detection of the valid list as COCO JSON or VOC files "
                                         "(darknet detector valid)"),
     "train": ("darkpy.commands.train", "train a cfg on a darknet dataset (darknet detector train)"),
+    "classify": ("darkpy.commands.classify", "top classes of images with a classifier cfg (darknet classifier "
+                                             "predict)"),
     "calc-anchors": ("darkpy.commands.calc_anchors", "anchors for a cfg from a dataset's label boxes, k-means "
                                                      "(darknet detector calc_anchors)"),
     "summary": ("darkpy.commands.summary", "layer table, BFLOPs and parameter count of a cfg"),

@@ -72,6 +72,15 @@ def test_unknown_flags_and_missing_words_are_errors():
         translate("detector tset d.data c.cfg".split())
 
 
+def test_classifier_predict_and_classify_become_classify():
+    assert translate("classifier predict imagenet1k.data darknet19.cfg darknet19.weights dog.jpg -t 3".split()).argv \
+        == ["classify", "--data", "imagenet1k.data", "--cfg", "darknet19.cfg", "--weights", "darknet19.weights",
+            "--top", "3", "--", "dog.jpg"]
+    assert translate("classify darknet19.cfg darknet19.weights".split()).argv == [
+        "classify", "--data", "cfg/imagenet1k.data", "--cfg", "darknet19.cfg", "--weights", "darknet19.weights",
+        "--top", "5", "--", "-"]
+
+
 def test_flags_are_taken_out_from_anywhere_first_value_wins():
     words, flags = split_flags("-thresh 0.1 test -ext_output d.data -thresh 0.9 c.cfg".split())
     assert words == ["test", "d.data", "c.cfg"] and flags == {"-thresh": "0.1", "-ext_output": None}
@@ -87,8 +96,8 @@ def test_which_lines_are_darknets():
 def test_cli_prints_the_error_and_exits_2(capsys):
     assert cli.main(["detector", "test", "d.data", "c.cfg", "-typo"]) == 2
     assert "darkpy detector: error: unknown flag -typo" in capsys.readouterr().err
-    assert cli.main(["classifier", "predict", "imagenet1k.data", "darknet19.cfg", "darknet19.weights"]) == 2
-    assert "darkpy classifier: error: classifier: not implemented" in capsys.readouterr().err
+    assert cli.main(["classifier", "train", "imagenet1k.data", "darknet19.cfg"]) == 2
+    assert "darkpy classifier: error: classifier train: not implemented" in capsys.readouterr().err
 
 
 def test_version(capsys):
@@ -419,3 +428,21 @@ def test_partial_writes_darknets_file(tmp_path, capsys):
     assert cli.main(["partial", str(require(CFG)), str(require(WEIGHTS)), str(out), "13"]) == 0
     expected = (FIXTURES / "partial_yolov3-tiny_13.sha256").read_text().split()[0]
     assert hashlib.sha256(out.read_bytes()[12:]).hexdigest() == expected
+
+
+def test_classifier_predict_prints_darknets_lines(tmp_path, capsys):
+    """`darknet classifier predict cls.data darknet19.cfg W dog.jpg` unchanged (top=5 in the .data file): the
+    classes Darknet printed, in its order, probabilities to float noise."""
+    from oracle_utils import make_weights
+    folder = require(ORACLE / "darknet19")
+    weights = make_weights(ORACLE, folder, tmp_path / "darknet19.weights")
+    (tmp_path / "names.txt").write_text("".join(f"class{i}\n" for i in range(1000)))
+    data = tmp_path / "cls.data"
+    data.write_text(f"classes=1000\nnames={tmp_path / 'names.txt'}\ntop=5\n")
+    dog = require(SHARED / "darknet" / "images" / "dog.jpg")
+    assert cli.main(["classifier", "predict", str(data), str(folder / "cfg.cfg"), str(weights), str(dog)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"{dog}: Predicted in ")
+    darknet = (FIXTURES / "classifier_predict_darknet19.txt").read_text().splitlines()[:5]
+    assert [line.split(":")[0] for line in printed[1:]] == [line.split(":")[0] for line in darknet]
+    assert all(abs(float(a.split()[1]) - float(b.split()[1])) <= 1.5e-6 for a, b in zip(printed[1:], darknet))

@@ -29,7 +29,8 @@ class Flag:
     not_implemented: str = ""
 
 
-# Every flag Darknet's `detector` and `detect` read (src/darknet.c main, src/detector.c run_detector).
+# Every flag Darknet's `detector`, `detect` and `classifier` read (src/darknet.c main, src/detector.c
+# run_detector, src/classifier.c run_classifier).
 FLAGS: Dict[str, Flag] = {
     "-i": Flag(True), "-gpus": Flag(True), "-thresh": Flag(True), "-hier": Flag(True), "-iou_thresh": Flag(True),
     "-points": Flag(True), "-letter_box": Flag(False), "-ext_output": Flag(False), "-dont_show": Flag(False),
@@ -51,6 +52,8 @@ FLAGS: Dict[str, Flag] = {
     "-s": Flag(True, "no frame skipping"),
     "-chart": Flag(True, "the chart is written as chart.png and chart_<cfg>.png"),
     "-cuda_debug_sync": Flag(False, "a CUDA debugging switch of Darknet's GPU build"),
+    # src/classifier.c run_classifier
+    "-t": Flag(True), "-topk": Flag(False), "-dontuse_opencv": Flag(False, "darkpy always reads images with OpenCV"),
 }
 
 # What `darkpy detect` / `map` / `train` option each flag becomes, per mode; a known flag missing from a mode's
@@ -70,6 +73,7 @@ _TRAIN_FLAGS = {"-map": "--map", "-clear": "--clear", "-mAP_epochs": "--map-epoc
 
 # Darknet's default where it differs from darkpy's: `darknet detect` uses thresh .24 (detector test: .25).
 _COCO_SHORTCUT_THRESH = "0.24"
+IMAGENET_DATA = "cfg/imagenet1k.data"  # `darknet classify`'s .data file
 
 
 @dataclass
@@ -81,10 +85,7 @@ class Translation:
 
 
 # Darknet's other top-level commands: recognised, and refused with the reason (docs/darknet_commands.md).
-_CLASSIFIER = ("not implemented: darkpy builds classifier cfgs (darkpy summary, darkpy.load(...).model) but has "
-               "no classifier predict/train/valid front end yet")
 REFUSED_COMMANDS = {
-    "classifier": _CLASSIFIER, "classify": _CLASSIFIER,
     "imtest": "not implemented (Darknet's image-augmentation viewer)",
     "visualize": "not implemented (Darknet's weights viewer window)",
     "rescale": "not implemented", "reset": "not implemented", "normalize": "not implemented",
@@ -100,7 +101,7 @@ def is_darknet_command_line(argv: Sequence[str]) -> bool:
     images, never a .cfg first)."""
     if not argv:
         return False
-    if argv[0] == "detector" or argv[0] in REFUSED_COMMANDS:
+    if argv[0] in ("detector", "classifier", "classify") or argv[0] in REFUSED_COMMANDS:
         return True
     if argv[0] != "detect":
         return False
@@ -153,6 +154,8 @@ def translate(argv: Sequence[str]) -> Translation:
                 for flag in flags if FLAGS[flag].not_implemented]
     if argv[0] == "detect":
         return _coco_shortcut(positional, flags, warnings)
+    if argv[0] in ("classifier", "classify"):
+        return _classifier(argv[0], positional, flags, warnings)
     if not positional:
         raise DarknetUsageError("usage: darkpy detector [test/map/train/valid/demo/calc_anchors] DATA CFG "
                                 "[WEIGHTS]")
@@ -253,6 +256,25 @@ def _coco_shortcut(positional: Sequence[str], flags: Dict[str, Optional[str]],
 
 
 # mode -> (translation, the words it needs after the mode, its usage)
+def _classifier(command: str, positional: Sequence[str], flags: Dict[str, Optional[str]],
+                warnings: List[str]) -> Translation:
+    """`classifier predict DATA CFG WEIGHTS [IMAGE] [-t N]`, and `classify CFG WEIGHTS [IMAGE]` (Darknet's
+    shortcut for cfg/imagenet1k.data, top 5); the classifier's other modes are refused."""
+    if command == "classify":
+        positional = ["predict", IMAGENET_DATA] + list(positional)
+        flags = {"-t": "5", **flags}
+    if not positional or positional[0] != "predict":
+        mode = positional[0] if positional else ""
+        raise DarknetUsageError(f"classifier {mode}: not implemented (darkpy runs `classifier predict`; "
+                                f"classifier training and validation are not implemented)")
+    if len(positional) < 4:
+        raise DarknetUsageError("usage: darkpy classifier predict DATA CFG WEIGHTS [IMAGE] [-t TOP]")
+    data, cfg, weights, rest = positional[1], positional[2], positional[3], list(positional[4:])
+    argv = ["classify", "--data", data, "--cfg", cfg] + _weights([weights])
+    argv += _mapped_flags(flags, {"-t": "--top", "-i": "--device", "-dont_show": None}, f"{command}", warnings)
+    return Translation(argv + ["--", rest[0] if rest else "-"], warnings)
+
+
 _MODES: Dict[str, Tuple[Callable[[Sequence[str], Dict[str, Optional[str]], List[str]], Translation], int, str]] = {
     "test": (_test, 2, "DATA CFG [WEIGHTS] [IMAGE]"),
     "demo": (_demo, 2, "DATA CFG [WEIGHTS] [VIDEO]"),
