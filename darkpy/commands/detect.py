@@ -329,7 +329,10 @@ def _source_specs(sources: Optional[Sequence[str]]) -> List[str]:
     specs: List[str] = []
     for spec in sources or [STDIN_SOURCE if _stdin_is_redirected() else DEFAULT_SOURCE]:
         if spec == STDIN_SOURCE:
-            specs.extend(line.strip() for line in sys.stdin if line.strip())
+            listed = [line.strip() for line in sys.stdin if line.strip()]
+            if not listed:
+                raise UsageError("no image paths on standard input (give images, folders or list files)")
+            specs.extend(listed)
         else:
             specs.append(_existing(spec, spec == DEFAULT_SOURCE))
     misplaced = [spec for spec in specs if spec.lower().endswith(NETWORK_FILE_SUFFIXES)]
