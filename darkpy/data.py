@@ -86,7 +86,7 @@ def _strip_all_whitespace(line: str) -> str:
     return "".join(ch for ch in line if ch not in " \t\r\n")
 
 
-def _atoi(text: str) -> Optional[int]:
+def atoi(text: str) -> Optional[int]:
     """C atoi: optional sign and leading digits; None when there are no digits at all."""
     digits = ""
     for i, ch in enumerate(text):
@@ -136,7 +136,7 @@ def read_data_config(path: str) -> DataConfig:
     options, lines = read_option_lines(path)
     classes: Optional[int] = None
     if "classes" in options:
-        classes = _atoi(options["classes"])
+        classes = atoi(options["classes"])
         if classes is None or classes <= 0:
             raise DataError(f"{path}:{lines['classes']}: classes must be a positive integer, got "
                             f"{options['classes']!r}")

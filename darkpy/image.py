@@ -108,6 +108,37 @@ def letterbox_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return boxed
 
 
+def resize_min(image: np.ndarray, size: int) -> np.ndarray:
+    """image.c resize_min on float32 CxHxW: the shorter side becomes `size`, the other keeps the aspect ratio
+    (integer arithmetic, truncated); an image already that size is returned as it is."""
+    _, h, w = image.shape
+    if w < h:
+        new_w, new_h = size, (h * size) // w
+    else:
+        new_w, new_h = (w * size) // h, size
+    if (new_w, new_h) == (w, h):
+        return image
+    return resize_image(image, new_w, new_h)
+
+
+def crop_image(image: np.ndarray, dx: int, dy: int, width: int, height: int) -> np.ndarray:
+    """image.c crop_image: the width x height window at (dx, dy); rows and columns outside the image take the
+    nearest edge (Darknet clamps the coordinates before it reads)."""
+    _, h, w = image.shape
+    rows = np.clip(np.arange(height) + dy, 0, h - 1)
+    cols = np.clip(np.arange(width) + dx, 0, w - 1)
+    return np.ascontiguousarray(image[:, rows][:, :, cols])
+
+
+def classifier_input(image: np.ndarray, net_w: int, net_h: int) -> np.ndarray:
+    """HxWx3 uint8 RGB -> float32 (3, net_h, net_w) as predict_classifier feeds it: resize_min to the network
+    width, then crop_image's centre crop (edge pixels repeat where the crop passes the image)."""
+    resized = resize_min(to_float(image), net_w)
+    _, h, w = resized.shape
+    # C's integer division truncates towards 0 (a network taller than the resized image gives a negative offset)
+    return crop_image(resized, int((w - net_w) / 2), int((h - net_h) / 2), net_w, net_h)
+
+
 def network_input(image: np.ndarray, net_w: int, net_h: int, letter_box: bool = False) -> np.ndarray:
     """HxWx3 uint8 RGB -> float32 (3, net_h, net_w): what test_detector feeds the network."""
     if image.ndim != 3 or image.dtype != np.uint8:

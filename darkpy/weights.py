@@ -151,6 +151,13 @@ def _fill_layer(layer: Any, floats: np.ndarray, offset: int, transpose: bool, pa
     return offset
 
 
+def _ordinary_file_mode() -> int:
+    """The mode open() gives a new file: 0666 less the process's umask (read by setting it and back)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_weights(layers: Sequence[Any], path: Union[str, Path], seen: int = 0,
                  version: Optional[Tuple[int, int, int]] = None) -> None:
     """Write these layers' arrays as a .weights file Darknet reads (save_weights_upto), atomically (a temp file
@@ -172,6 +179,7 @@ def save_weights(layers: Sequence[Any], path: Union[str, Path], seen: int = 0,
                     f.write(tensor.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes())
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _ordinary_file_mode())  # mkstemp makes the file 0600; Darknet's fopen gives 0666 & ~umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

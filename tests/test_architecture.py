@@ -14,9 +14,9 @@ RANKS = [
     {"layers"},
     {"heads"},
     {"model"},
-    {"evaluation", "export", "summary", "paths", "shapes"},
+    {"evaluation", "export", "summary", "paths", "shapes", "anchors"},
     {"training"},
-    {"commands", "darknet"},
+    {"commands", "darknet", "api"},
     {"cli", "__main__"},
 ]
 RANK_OF = {name: rank for rank, names in enumerate(RANKS) for name in names}

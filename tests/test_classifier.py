@@ -22,7 +22,8 @@ import pytest
 
 from conftest import ORACLE, SHARED, require
 from darkpy.cli import main
-from darkpy.evaluation.classify import crop_image, resize_min, top_k
+from darkpy.evaluation.classify import top_k
+from darkpy.image import crop_image, resize_min
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "classifier"
 IMAGES = ("dog", "eagle", "giraffe", "horses", "person", "scream")

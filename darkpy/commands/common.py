@@ -80,16 +80,22 @@ def _build_quietly(cfg: str, width: Optional[int], height: Optional[int], print_
     return model
 
 
+def ready_for_inference(model: Darknet, device: str, half: bool = False) -> Darknet:
+    """A model its caller owns, converted in place as Darknet loads a network for inference: eval mode, batch
+    norm folded into the convolutions, on the device in channels_last (float16 with half on CUDA)."""
+    model.eval()
+    model.fuse()
+    return prepare_for_inference(model, device, half)
+
+
 def build_detector(args: argparse.Namespace) -> Tuple[Darknet, Detector]:
     """The network of --cfg/--weights (--width/--height) ready for detection as Darknet loads a detector
     (batch norm folded into the convolutions, eval mode), on --device in channels_last (float16 with --half on
     CUDA), wrapped in a Detector (--letter-box forces letterboxing; otherwise the cfg's [net] letter_box
     decides; --batch images per forward pass). Without --weights: the cfg's random initialisation."""
     model = load_model(args.cfg, args.weights or None, args.width, args.height)
-    model.eval()
-    model.fuse()
     half = bool(getattr(args, "half", False))  # only `detect` has --half
-    prepare_for_inference(model, args.device, half)  # the command owns this model: converted in place, no copy
+    ready_for_inference(model, args.device, half)
     detector = Detector(model, device=None, half=half, letter_box=True if args.letter_box else None,
                         batch_size=args.batch)
     return model, detector

@@ -10,6 +10,7 @@ With no arguments it runs the project's yolov3-tiny cfg and weights on the photo
 import argparse
 import json
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -20,8 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from darkpy.boxes import Detection, best_shown_class, detection_lines
-from darkpy.commands.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, INPUT_ERRORS, build_detector, fail
-from darkpy.data import read_data_config, read_names
+from darkpy.commands.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, INPUT_ERRORS, UsageError, build_detector, fail
+from darkpy.data import check_names_count, darknet_label_path, read_data_config, read_names
 from darkpy.evaluation.inference import (
     LIST_EXTENSIONS,
     Detector,
@@ -38,6 +39,9 @@ DEFAULT_CFG = "cfg/yolov3-tiny.cfg"
 DEFAULT_WEIGHTS = "weights/yolov3-tiny.weights"
 DEFAULT_NAMES = "data/coco.names"
 DEFAULT_SOURCE = "data/images"
+COCO_CLASSES = 80  # a network with this many classes and no names given is labelled with coco.names
+NETWORK_FILE_SUFFIXES = (".cfg", ".weights")  # never an image: a misplaced --cfg / --weights
+STDIN_SOURCE = "-"  # image paths read from standard input, one a line (Darknet's `detector test ... < list.txt`)
 JSON_MIN_PROB = 0.005  # detection_to_json: only probabilities above this are written
 
 # draw_detections_v3 / get_color: the class colour ramp of Darknet's pictures
@@ -45,9 +49,10 @@ _COLOR_RAMP = np.array([[1, 0, 1], [0, 0, 1], [0, 1, 1], [0, 1, 0], [1, 1, 0], [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sources", nargs="*", default=[DEFAULT_SOURCE],
-                        help="images, folders, list files (one path per line), glob patterns, videos or camera "
-                             f"indices (default: {DEFAULT_SOURCE})")
+    parser.add_argument("sources", nargs="*",
+                        help="images, folders, list files (one path per line), glob patterns, videos, camera "
+                             "indices, or - for paths read from standard input (default: the paths on standard "
+                             f"input when it is a file or a pipe, as darknet's `< list.txt`, else {DEFAULT_SOURCE})")
     parser.add_argument("--cfg", default=DEFAULT_CFG, help=f"network cfg (default: {DEFAULT_CFG})")
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"darknet weights (default: {DEFAULT_WEIGHTS})")
     names = parser.add_mutually_exclusive_group()
@@ -71,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, metavar="JSON", help="write darknet's -out JSON to this file")
     parser.add_argument("--save-txt", action="store_true",
                         help="write <save-dir>/labels/<image>.txt: class x y w h confidence (relative)")
+    parser.add_argument("--save-labels", action="store_true",
+                        help="write each image's YOLO label file beside it (class x y w h, relative), where "
+                             "training and map read labels (darknet -save_labels)")
 
 
 # ============================================================================ setup
@@ -82,15 +90,24 @@ def _existing(path: str, fallback_to_repo: bool) -> str:
     return path
 
 
-def _read_class_names(args: argparse.Namespace) -> List[str]:
-    """--data's names= file, else --names (default: the project's coco.names)."""
-    if args.data:
-        config = read_data_config(args.data)
-        names_path = config.resolve("names")
+def class_names(data: Optional[str], names: Optional[str], classes: int, cfg_path: str,
+                coco: bool = True) -> List[str]:
+    """The names of a .data file's names= or of a names file, which must have one name per class of the
+    network (as map requires); without either: the project's coco.names for an 80-class detector (`coco`),
+    else `class 0`, `class 1`... (COCO names on another network would label its boxes wrongly, silently)."""
+    if data:
+        names_path = read_data_config(data).resolve("names")
         if names_path is None:
-            raise ValueError(f"{args.data}: the .data file has no names= line")
-        return read_names(names_path)
-    return read_names(_existing(args.names or DEFAULT_NAMES, args.names is None))
+            raise ValueError(f"{data}: the .data file has no names= line")
+    elif names:
+        names_path = names
+    elif coco and classes == COCO_CLASSES:
+        return read_names(_existing(DEFAULT_NAMES, True))
+    else:
+        return [f"class {i}" for i in range(classes)]
+    listed = read_names(names_path)
+    check_names_count(listed, names_path, classes, cfg_path)
+    return listed
 
 
 def _build_detector(args: argparse.Namespace) -> Detector:
@@ -156,16 +173,20 @@ def json_record(frame_id: int, filename: str, detections: Sequence[Detection], n
             + ", \n".join(objects) + "\n ] \n}")
 
 
-def label_lines(detections: Sequence[Detection], thresh: float) -> List[str]:
-    """YOLO-format lines with the confidence: `class x y w h confidence` for the best class above thresh
-    (darknet -save_labels writes the same without the confidence)."""
+def label_lines(detections: Sequence[Detection], thresh: float, confidence: bool = True) -> List[str]:
+    """YOLO-format lines for the best class above thresh of each box: `class x y w h confidence` (--save-txt),
+    or without the confidence exactly as Darknet's -save_labels writes them (`%d %2.4f %2.4f %2.4f %2.4f`),
+    a label file that training and map read back."""
     lines = []
     for det in detections:
         above = np.where(det.probs > np.float32(thresh), det.probs, 0)
         if not above.any():
             continue
         best = int(np.argmax(above))
-        lines.append("%d %.6f %.6f %.6f %.6f %.6f" % (best, det.x, det.y, det.w, det.h, float(det.probs[best])))
+        if confidence:
+            lines.append("%d %.6f %.6f %.6f %.6f %.6f" % (best, det.x, det.y, det.w, det.h, float(det.probs[best])))
+        else:
+            lines.append("%d %2.4f %2.4f %2.4f %2.4f" % (best, det.x, det.y, det.w, det.h))
     return lines
 
 
@@ -177,6 +198,7 @@ class OutputWriter:
         self.save_dir = Path(args.save_dir)
         self.save_images = not args.no_save
         self.save_txt = args.save_txt
+        self.save_labels = args.save_labels
         self.used_names: Dict[str, int] = {}
         self.stream_stems: Dict[str, str] = {}
         self.videos: Dict[str, cv2.VideoWriter] = {}
@@ -210,11 +232,23 @@ class OutputWriter:
             name = stem if frame.source.kind == "image" else f"{stem}_{frame.frame_index:06d}"
             lines = label_lines(detections, self.thresh)
             (self.save_dir / "labels" / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
+        if self.save_labels and frame.source.kind == "image":
+            self._save_label(frame.source.path, detections)
         if self.json_file is not None:
             if self.frames_written:
                 self.json_file.write(", \n")
             self.json_file.write(json_record(self.frames_written + 1, frame.name, detections, self.names))
         self.frames_written += 1
+
+    def _save_label(self, image_path: str, detections: Sequence[Detection]) -> None:
+        """-save_labels: the label file where Darknet's training looks for the image's labels (beside it)."""
+        path = darknet_label_path(image_path)
+        if path is None:
+            print(f"darkpy detect: error: {image_path}: no label path for this extension, label not saved",
+                  file=sys.stderr)
+            return
+        lines = label_lines(detections, self.thresh, confidence=False)
+        Path(path).write_text("".join(line + "\n" for line in lines))
 
     def _stem_for(self, frame) -> str:
         """Images get one stem each; all frames of a video or camera share theirs."""
@@ -274,13 +308,38 @@ def _process_batch(detector: Detector, batch: List[Frame], names: Sequence[str],
 
 
 def _setup(args: argparse.Namespace) -> Tuple[List[str], Detector]:
-    """The class names and the detector; they must agree on the number of classes."""
-    names = _read_class_names(args)
+    """The detector and its class names, one per class of its last head."""
     detector = _build_detector(args)
-    if len(names) < detector.classes:
-        raise ValueError(f"{len(names)} class names for a network with {detector.classes} classes "
-                         f"(--names / --data)")
-    return names, detector
+    return class_names(args.data, args.names, detector.classes, args.cfg), detector
+
+
+def _stdin_is_redirected() -> bool:
+    """Standard input is a file or a pipe (`darkpy detect < list.txt`), not a terminal or /dev/null."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):  # no stdin, or a stand-in without a file (pytest's)
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
+def _source_specs(sources: Optional[Sequence[str]]) -> List[str]:
+    """The command line's sources (none: standard input's paths when redirected, else the default folder,
+    found in the checkout too), `-` replaced by the paths on standard input (one a line); a .cfg or .weights
+    among them is an error, not an image to skip."""
+    specs: List[str] = []
+    for spec in sources or [STDIN_SOURCE if _stdin_is_redirected() else DEFAULT_SOURCE]:
+        if spec == STDIN_SOURCE:
+            listed = [line.strip() for line in sys.stdin if line.strip()]
+            if not listed:
+                raise UsageError("no image paths on standard input (give images, folders or list files)")
+            specs.extend(listed)
+        else:
+            specs.append(_existing(spec, spec == DEFAULT_SOURCE))
+    misplaced = [spec for spec in specs if spec.lower().endswith(NETWORK_FILE_SUFFIXES)]
+    if misplaced:
+        raise UsageError(f"{misplaced[0]} is a network file, not an image: give it with --cfg / --weights, or "
+                         f"use Darknet's form `darkpy detect CFG WEIGHTS IMAGE`")
+    return specs
 
 
 class _Counts:
@@ -317,10 +376,10 @@ def run(args: argparse.Namespace) -> int:
     """`darkpy detect`: 0 when at least one image was processed, 1 when none could be, 2 when the network or
     the class names cannot be set up (see darkpy.commands.common)."""
     try:
+        specs = _source_specs(args.sources)
         names, detector = _setup(args)
     except INPUT_ERRORS as error:
         return fail("detect", error, EXIT_USAGE)  # tests/test_detect.py asserts 2 for a missing cfg
-    specs = [_existing(s, s == DEFAULT_SOURCE) for s in args.sources]
     sources, errors = expand_sources(specs)
     for message in errors:
         print(f"darkpy detect: error: {message}, skipped", file=sys.stderr)

@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", required=True, help="network .cfg")
     parser.add_argument("--weights", help="initial weights: a full .weights (continues its iteration count), a "
                                            "partial backbone *.conv.N, or none for Darknet's random initialisation")
-    parser.add_argument("--clear", action="store_true", help="reset the iteration count (seen) of the weights to 0")
+    parser.add_argument("--clear", "-clear", action="store_true",
+                        help="reset the iteration count (seen) of the weights to 0 (Darknet's -clear)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from <backup>/<cfg>_last.weights (or --weights) at its iteration")
     parser.add_argument("--max-batches", type=int, help="override [net] max_batches")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from darkpy.boxes import Detection, get_network_boxes, nms_sort
-from darkpy.data import DataError, read_image_list
+from darkpy.data import DataError, read_image_list, resolve_path
 from darkpy.image import ImageError, load_image, network_input
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
@@ -33,10 +33,12 @@ GLOB_CHARACTERS = set("*?[")
 
 
 def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
-    """'auto' -> the first CUDA device when there is one, else the CPU; otherwise torch.device(device),
-    checked to exist."""
+    """'auto' -> the first CUDA device when there is one, else the CPU; a GPU number N (Darknet's -i N) ->
+    cuda:N; otherwise torch.device(device), checked to exist."""
     if str(device) == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if str(device).isdigit():
+        device = f"cuda:{device}"
     resolved = torch.device(device)
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
@@ -220,7 +222,8 @@ def _folder_sources(folder: str) -> List[Source]:
 
 def expand_sources(specs: Sequence[str]) -> Tuple[List[Source], List[str]]:
     """Turn command-line sources into a flat list, in order: image and video files, folders (their images and
-    videos, sorted, not recursive), list files (.txt/.list: one path per line, as darknet's `< list.txt`),
+    videos, sorted, not recursive), list files (.txt/.list: one path per line, as darknet's `< list.txt`; a
+    relative path is tried from the current folder, then beside the list, as map reads lists),
     glob patterns and camera indices ('0'). Returns the sources and the error messages for the specs that
     name nothing usable (each names the spec)."""
     sources: List[Source] = []
@@ -238,7 +241,8 @@ def expand_sources(specs: Sequence[str]) -> Tuple[List[Source], List[str]]:
             kind = _classify_file(spec)
             if kind == "list":
                 try:
-                    sources.extend(Source(_classify_file(p), p) for p in read_image_list(spec))
+                    listed = [resolve_path(p, spec) for p in read_image_list(spec)]  # also beside the list
+                    sources.extend(Source(_classify_file(p), p) for p in listed)
                 except DataError as exc:
                     errors.append(str(exc))
             else:

@@ -81,24 +81,29 @@ class ImageDetections:
     detections: List[Any]
 
 
-def _detect_batch(detector: Any, frames: List[Tuple[int, Frame]]) -> List[ImageDetections]:
-    """(index in the valid list, Frame) pairs -> their detections at map's settings."""
-    results = detector.detect_frames([frame for _, frame in frames], thresh=MAP_DETECTION_THRESH,
-                                     hier=MAP_HIER_THRESH, nms=MAP_NMS_THRESH)
+MAP_SETTINGS = (MAP_DETECTION_THRESH, MAP_HIER_THRESH, MAP_NMS_THRESH)
+
+
+def _detect_batch(detector: Any, frames: List[Tuple[int, Frame]],
+                  settings: Tuple[float, float, float]) -> List[ImageDetections]:
+    """(index in the valid list, Frame) pairs -> their detections at (thresh, hier, nms)."""
+    thresh, hier, nms = settings
+    results = detector.detect_frames([frame for _, frame in frames], thresh=thresh, hier=hier, nms=nms)
     return [ImageDetections(index, frame.name, frame.size, list(detections))
             for (index, frame), detections in zip(frames, results)]
 
 
 def iterate_detections(detector: Any, image_paths: Sequence[str], batch: int, problems: DataProblems,
-                       progress: bool = True) -> Iterator[ImageDetections]:
-    """Run the detector over the images in list order, `batch` images per forward pass, at map's settings
-    (thresh 0.005, hier 0, NMS .45). Images are read and resized in a background thread while the network
-    runs; an image that cannot be read is reported to `problems` and skipped."""
+                       progress: bool = True, settings: Tuple[float, float, float] = MAP_SETTINGS,
+                       desc: str = "map") -> Iterator[ImageDetections]:
+    """Run the detector over the images in list order, `batch` images per forward pass, at (thresh, hier,
+    nms) `settings` (default map's: 0.005, 0, .45). Images are read and resized in a background thread while
+    the network runs; an image that cannot be read is reported to `problems` and skipped."""
     sources = [Source("image", path) for path in image_paths]
-    with tqdm(total=len(image_paths), desc="map", unit="img", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=len(image_paths), desc=desc, unit="img", disable=not progress, file=sys.stderr) as bar:
         frames = iterate_frames(sources, preprocess=detector.preprocess)
         for pending in batched(_readable(frames, problems, bar), batch):
-            yield from _detect_batch(detector, pending)
+            yield from _detect_batch(detector, pending, settings)
             bar.update(len(pending))
 
 

@@ -6,15 +6,17 @@ learning-rate schedule (`--clear` restarts at 0). Snapshots go to the .data `bac
 `<cfg>_last.weights`, `<cfg>_<N>.weights`, `<cfg>_best.weights`, `<cfg>_final.weights` (and `<cfg>_ema.weights`);
 each is written to a temporary file and renamed.
 """
+import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
-from darkpy.data import DataConfig, resolve_path
+from darkpy.data import DataConfig, read_data_config, resolve_path
 from darkpy.training.schedule import WeightsEma
 from darkpy.training.settings import TrainError, TrainOptions
 from darkpy.weights import LoadReport
@@ -32,6 +34,40 @@ def basecfg(cfg_path: str) -> str:
 def backup_folder(data: DataConfig) -> Path:
     """The .data file's `backup` folder, relative to the .data file."""
     return Path(resolve_path(data.options.get("backup", DEFAULT_BACKUP), data.path))
+
+
+# The options that change what a run computes, stored beside its snapshots so that --resume continues the same
+# run (where and how fast it runs — device, workers, threads — may change).
+RUN_OPTIONS = ("max_batches", "batch", "subdivisions", "width", "height", "learning_rate", "seed", "calc_map",
+               "map_epochs")
+
+
+def run_options_path(options: TrainOptions) -> Path:
+    """`<backup>/<cfg>_options.json`."""
+    return backup_folder(read_data_config(options.data)) / f"{basecfg(options.cfg)}_options.json"
+
+
+def save_run_options(options: TrainOptions, seed: int) -> None:
+    """Store the run's RUN_OPTIONS (the seed it drew when none was given) beside its snapshots."""
+    stored = {name: getattr(options, name) for name in RUN_OPTIONS}
+    stored["seed"] = seed
+    path = run_options_path(options)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stored, indent=1) + "\n")
+
+
+def restore_run_options(options: TrainOptions) -> Tuple[TrainOptions, List[str]]:
+    """--resume: the stored options of the run, where this command line leaves them at their defaults; returns
+    the options and the restored ones as `--name value` words."""
+    path = run_options_path(options)
+    if not path.is_file():
+        return options, []
+    stored = json.loads(path.read_text())
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainOptions)}
+    restored = {name: stored[name] for name in RUN_OPTIONS
+                if name in stored and getattr(options, name) == defaults[name] and stored[name] != defaults[name]}
+    words = [f"--{name.replace('_', '-')} {value}" for name, value in restored.items()]
+    return dataclasses.replace(options, **restored), words
 
 
 @dataclass

@@ -17,19 +17,20 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from tqdm import tqdm
 
 from darkpy.evaluation.inference import Detector
 from darkpy.evaluation.mapdata import accumulate_map, iterate_detections, load_map_dataset
+from darkpy.evaluation.metrics import format_map_report
 from darkpy.training.build import build_training
 from darkpy.training.chart import Chart
-from darkpy.training.checkpoints import Snapshots, basecfg
+from darkpy.training.checkpoints import Snapshots, basecfg, restore_run_options, save_run_options
 from darkpy.training.dataset import TrainBatches, make_train_loader
 from darkpy.training.distributed import Distributed
-from darkpy.training.sampler import IterationSampler
+from darkpy.training.sampler import IterationSampler, multiscale_coef
 from darkpy.training.schedule import set_learning_rate
 from darkpy.training.settings import TrainOptions
 
@@ -101,14 +102,14 @@ class StopRequest:
 
 
 def compute_map(model, device: torch.device, data_file: str, dataset, problems):
-    """validate_detector_map on the valid list at the initial network size (AUC, IoU .5); returns (mAP, the
-    map dataset, kept for the next call)."""
+    """validate_detector_map on the valid list at the initial network size (AUC, IoU .5); returns (its result,
+    the map dataset, kept for the next call)."""
     dataset = dataset or load_map_dataset(data_file)
     detector = Detector(model, device, letter_box=model.letter_box)
     classes = int(model.heads[-1].classes)
     detected = iterate_detections(detector, dataset.image_paths, 8, problems, progress=False)
     accumulator = accumulate_map(detected, dataset, classes, 0.5, 0.25, problems)
-    return float(accumulator.result(0).mean_ap), dataset
+    return accumulator.result(0), dataset
 
 
 class Trainer:
@@ -116,9 +117,14 @@ class Trainer:
     train()."""
 
     def __init__(self, options: TrainOptions):
+        restored: List[str] = []
+        if options.resume:
+            options, restored = restore_run_options(options)
         self.options = options
         self.out = options.out or sys.stdout
         self.dist = Distributed.from_env()
+        if restored:
+            self._print(f" --resume: the run's own options restored: {' '.join(restored)}")
         self.stop = StopRequest(announce=self.dist.main)
         self.state: Optional[RunState] = None  # the loop's state, from train() on
         self._map_dataset = None
@@ -135,6 +141,8 @@ class Trainer:
         self.snapshots = Snapshots(self.model, self.backup, self.cfg_base, self.images_per_iteration, self.ema,
                                    self.dist.main, self._print)
         self.sized = SizedModels(self.model)
+        if self.dist.main:
+            save_run_options(options, self.seed)
 
     # Darknet's names for the settings and the loop's results
     subdivisions = property(lambda self: self.settings.subdivisions)
@@ -156,10 +164,14 @@ class Trainer:
     def save(self, suffix: str, iteration: int):
         return self.snapshots.save(suffix, iteration)
 
-    def compute_map(self) -> float:
-        value, self._map_dataset = compute_map(self.model, self.device, self.options.data, self._map_dataset,
-                                               self.problems)
-        return value
+    def compute_map(self, report: bool = False) -> float:
+        """mAP@0.5 on the valid list; with `report`, Darknet's per-class table printed first (as -map does)."""
+        result, self._map_dataset = compute_map(self.model, self.device, self.options.data, self._map_dataset,
+                                                self.problems)
+        if report:
+            for line in [""] + format_map_report(result, self._map_dataset.names):
+                self._print(line)
+        return float(result.mean_ap)
 
     def _loader(self) -> TrainBatches:
         sampler = IterationSampler(len(self.train_set), self.images_per_iteration, self.model.width,
@@ -247,6 +259,7 @@ class Trainer:
         load_start = time.time()
         for images, truths in self._loader():
             load_time = time.time() - load_start
+            self._resize_line(state.iteration, images.shape[-1], images.shape[-2])
             start = time.time()
             loss = self.train_iteration(images, truths, state.iteration)
             state.iteration += 1
@@ -261,6 +274,12 @@ class Trainer:
         if bar is not None:
             bar.close()
         return self._finish(state.iteration, interrupted)
+
+    def _resize_line(self, iteration: int, width: int, height: int) -> None:
+        """random=1: Darknet's lines each time it picks a new network size (every 10 iterations of the run)."""
+        random = self.settings.augment.random
+        if random and (iteration - self.start_iteration) % 10 == 0:
+            self._print(f"Resizing, random_coef = {multiscale_coef(random):.2f} \n\n {width} x {height} ")
 
     def _nothing_to_train(self) -> int:
         """Weights already at or past max_batches: Darknet writes _final at once; darkpy also says why."""
@@ -303,7 +322,7 @@ class Trainer:
         if state.iteration < due and state.iteration != self.max_batches:
             return
         state.iter_map = state.iteration
-        state.last_map = self.compute_map() if self.dist.main else 0.0
+        state.last_map = self.compute_map(report=True) if self.dist.main else 0.0
         self._print(f"\n mean_average_precision (mAP@0.50) = {state.last_map:f} ")
         chart.add_map(state.iteration, state.last_map)
         if state.last_map >= state.best_map:
