@@ -5,7 +5,10 @@ uint32. Connected-layer weights are stored transposed when major or minor > 1000
 layer in cfg order, in the order each layer's `darknet_arrays()` lists them.
 
 A file that ends exactly between two layers is a partial file (`*.conv.N`): loading stops there and reports
-how many layers were filled. A file that ends inside a layer, or that has floats left over, is an error.
+how many layers were filled. A file that ends inside a layer, or that has floats left over, is an error. The
+report also names the first layer holding NaN or infinite values: Darknet loads them silently, and the network
+then answers nonsense. Whether a partial or non-finite file is acceptable is the caller's rule (`refuse_unusable`
+is inference's; training accepts a partial backbone).
 """
 import os
 import struct
@@ -58,10 +61,30 @@ class LoadReport:
     layers_with_weights: int
     last_layer: int  # index of the last layer filled, -1 if none
     floats: int
+    nonfinite_layer: Optional[str] = None  # "layer 3 ([convolutional], a.cfg:12)": the first holding NaN or inf
 
     @property
     def complete(self) -> bool:
         return self.layers_loaded == self.layers_with_weights
+
+    def nonfinite_message(self) -> Optional[str]:
+        """What is wrong when a layer holds NaN or infinite values; None when every value is finite."""
+        if self.nonfinite_layer is None:
+            return None
+        return (f"{self.path}: {self.nonfinite_layer} holds NaN or infinite values: the file is corrupt (or "
+                f"training diverged when it was written)")
+
+    def refuse_unusable(self, allow_partial: bool = False) -> None:
+        """Inference's rule: weights with NaN or infinite values are refused, and so is a partial file (its
+        remaining layers would keep their random initialisation and detect nonsense) unless allow_partial."""
+        message = self.nonfinite_message()
+        if message is not None:
+            raise WeightsError(message)
+        if not self.complete and not allow_partial:
+            raise WeightsError(
+                f"{self.path}: a partial weights file: it fills {self.layers_loaded} of the {self.layers_with_weights}"
+                f" layers with weights (the file ends after layer {self.last_layer}); the others would keep their "
+                f"random initialisation. Use the full weights, or --allow-partial to run anyway")
 
     @property
     def seen(self) -> int:
@@ -116,12 +139,15 @@ def load_weights(layers: Sequence[Any], path: Union[str, Path], partial: bool = 
         raise WeightsError(f"{path}: {payload} bytes after the header is not a whole number of float32 values "
                            f"(the file is truncated or not a Darknet weights file)")
     floats = np.frombuffer(data, dtype="<f4", offset=header.size)
-    offset, loaded, last = 0, 0, -1
+    offset, loaded, last, nonfinite = 0, 0, -1, None
     with_weights = [layer for layer in layers if layer.darknet_arrays() and not layer.dontload]
     for layer in with_weights:
         if offset == len(floats):
             break  # a partial file (*.conv.N) stops between two layers
+        start = offset
         offset = _fill_layer(layer, floats, offset, header.transpose, path, layers)
+        if nonfinite is None and not np.isfinite(floats[start:offset]).all():
+            nonfinite = f"layer {layer.index} ([{layer.type}], {_location(layer)})"
         loaded += 1
         last = layer.index
     if offset < len(floats) and not partial:
@@ -129,7 +155,7 @@ def load_weights(layers: Sequence[Any], path: Union[str, Path], partial: bool = 
         raise WeightsError(f"{path}: {len(floats) - offset} floats are left over: the cfg "
                            f"{cfg_path} needs {offset} floats, the file has {len(floats)} (wrong cfg for these "
                            f"weights, or wrong classes/filters?)")
-    return LoadReport(path, header, loaded, len(with_weights), last, offset)
+    return LoadReport(path, header, loaded, len(with_weights), last, offset, nonfinite)
 
 
 def _fill_layer(layer: Any, floats: np.ndarray, offset: int, transpose: bool, path: str,

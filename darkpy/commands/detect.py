@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
@@ -20,7 +21,15 @@ import numpy as np
 from tqdm import tqdm
 
 from darkpy.boxes import Detection, best_shown_class, detection_lines
-from darkpy.commands.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, INPUT_ERRORS, build_detector, fail
+from darkpy.commands.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    INPUT_ERRORS,
+    add_allow_partial,
+    build_detector,
+    fail,
+)
 from darkpy.data import read_data_config, read_names
 from darkpy.evaluation.inference import (
     LIST_EXTENSIONS,
@@ -50,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"indices (default: {DEFAULT_SOURCE})")
     parser.add_argument("--cfg", default=DEFAULT_CFG, help=f"network cfg (default: {DEFAULT_CFG})")
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"darknet weights (default: {DEFAULT_WEIGHTS})")
+    add_allow_partial(parser)
     names = parser.add_mutually_exclusive_group()
     names.add_argument("--names", default=None, help=f"class names, one per line (default: {DEFAULT_NAMES})")
     names.add_argument("--data", default=None, help="a darknet .data file; its names= gives the class names")
@@ -169,8 +179,41 @@ def label_lines(detections: Sequence[Detection], thresh: float) -> List[str]:
     return lines
 
 
+def _unwritable(path: Path, error: OSError) -> OSError:
+    """An OSError whose message names the file first and then the reason (OSError's own puts the path last)."""
+    return OSError(f"{path}: cannot write: {error.strerror or error}")
+
+
+def _writable_folder(folder: Path) -> Path:
+    """Create the folder and check that a file can be written there, before any image is processed."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise _unwritable(folder, error) from None
+    return folder
+
+
+def _write_image(path: Path, image: np.ndarray) -> None:
+    """cv2.imwrite says only by its result that it failed: made an OSError naming the file."""
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"{path}: cannot write the annotated image (a full disk, or a read-only folder?)")
+
+
+def _remove_partial(path: Path) -> None:
+    """Remove what a failed write left; only a plain file (never a device such as /dev/full, or a folder)."""
+    try:
+        if path.is_file():
+            path.unlink()
+    except OSError:
+        pass  # not removable: the failure itself is already reported
+
+
 class OutputWriter:
-    """Annotated images / videos, label files and the JSON file of one run."""
+    """Annotated images / videos, label files and the JSON file of one run. The folders and the JSON file are
+    checked when the writer is made (an OSError naming the path); a write that fails later is reported by name,
+    its partial file removed, and the run goes on (`failures` counts them for the exit code)."""
 
     def __init__(self, args, names: Sequence[str]):
         self.names, self.thresh = names, args.thresh
@@ -180,16 +223,27 @@ class OutputWriter:
         self.used_names: Dict[str, int] = {}
         self.stream_stems: Dict[str, str] = {}
         self.videos: Dict[str, cv2.VideoWriter] = {}
+        self.json_path = Path(args.out) if args.out else None
         self.json_file: Optional[TextIO] = None
         self.frames_written = 0
+        self.failures = 0
         if self.save_images or self.save_txt:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
+            _writable_folder(self.save_dir)
         if self.save_txt:
-            (self.save_dir / "labels").mkdir(exist_ok=True)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            self.json_file = open(args.out, "w", encoding="utf-8")
-            self.json_file.write("[\n")
+            _writable_folder(self.save_dir / "labels")
+        if self.json_path is not None:
+            try:
+                self.json_path.parent.mkdir(parents=True, exist_ok=True)
+                self.json_file = open(self.json_path, "w", encoding="utf-8")
+                self.json_file.write("[\n")
+            except OSError as error:
+                raise _unwritable(self.json_path, error) from None
+
+    def _failed(self, error: OSError, partial: Optional[Path]) -> None:
+        self.failures += 1
+        print(f"darkpy detect: error: {error}", file=sys.stderr)
+        if partial is not None:
+            _remove_partial(partial)
 
     def _unique_stem(self, source_path: str) -> str:
         """Output file stem for a source; a second source with the same stem gets _2, _3..."""
@@ -201,20 +255,44 @@ class OutputWriter:
     def write(self, frame, detections: Sequence[Detection]) -> None:
         stem = self._stem_for(frame)
         if self.save_images:
-            annotated = draw_detections(frame.image, detections, self.names, self.thresh)
-            if frame.source.kind == "image":
-                cv2.imwrite(str(self.save_dir / f"{stem}.jpg"), annotated)
-            else:
-                self._video_writer(frame, stem, annotated).write(annotated)
+            self._write_picture(frame, stem, draw_detections(frame.image, detections, self.names, self.thresh))
         if self.save_txt:
             name = stem if frame.source.kind == "image" else f"{stem}_{frame.frame_index:06d}"
-            lines = label_lines(detections, self.thresh)
-            (self.save_dir / "labels" / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
+            path = self.save_dir / "labels" / f"{name}.txt"
+            try:
+                path.write_text("".join(line + "\n" for line in label_lines(detections, self.thresh)))
+            except OSError as error:
+                self._failed(_unwritable(path, error), path)
         if self.json_file is not None:
-            if self.frames_written:
-                self.json_file.write(", \n")
-            self.json_file.write(json_record(self.frames_written + 1, frame.name, detections, self.names))
+            self._write_json(json_record(self.frames_written + 1, frame.name, detections, self.names))
         self.frames_written += 1
+
+    def _write_picture(self, frame, stem: str, annotated: np.ndarray) -> None:
+        if frame.source.kind == "image":
+            path = self.save_dir / f"{stem}.jpg"
+            try:
+                _write_image(path, annotated)
+            except OSError as error:
+                self._failed(error, path)
+            return
+        video = self._video_writer(frame, stem, annotated)
+        if video is not None:
+            video.write(annotated)
+
+    def _write_json(self, record: str) -> None:
+        """One frame's record; after a failed write the JSON file is incomplete: removed, and no more written."""
+        try:
+            self.json_file.write((", \n" if self.frames_written else "") + record)
+        except OSError as error:
+            self._abandon_json(error)
+
+    def _abandon_json(self, error: OSError) -> None:
+        try:
+            self.json_file.close()
+        except OSError:
+            pass  # the same failure again, as the buffer is flushed
+        self.json_file = None
+        self._failed(_unwritable(self.json_path, error), self.json_path)
 
     def _stem_for(self, frame) -> str:
         """Images get one stem each; all frames of a video or camera share theirs."""
@@ -225,21 +303,27 @@ class OutputWriter:
             self.stream_stems[key] = self._unique_stem(frame.source.path)
         return self.stream_stems[key]
 
-    def _video_writer(self, frame, stem: str, annotated: np.ndarray) -> cv2.VideoWriter:
+    def _video_writer(self, frame, stem: str, annotated: np.ndarray) -> Optional[cv2.VideoWriter]:
+        """The stream's video writer; None (reported once) when it cannot be opened."""
         key = f"{frame.source.kind}:{frame.source.path}"
         if key not in self.videos:
             height, width = annotated.shape[:2]
-            path = str(self.save_dir / f"{stem}.mp4")
-            self.videos[key] = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), frame.fps or 25.0,
+            path = self.save_dir / f"{stem}.mp4"
+            self.videos[key] = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), frame.fps or 25.0,
                                                (width, height))
-        return self.videos[key]
+            if not self.videos[key].isOpened():
+                self._failed(OSError(f"{path}: cannot write the annotated video"), path)
+        return self.videos[key] if self.videos[key].isOpened() else None
 
     def close(self) -> None:
         for writer in self.videos.values():
             writer.release()
         if self.json_file is not None:
-            self.json_file.write("\n]\n")
-            self.json_file.close()
+            try:
+                self.json_file.write("\n]\n")
+                self.json_file.close()
+            except OSError as error:
+                self._abandon_json(error)
 
 
 # ============================================================================ the run
@@ -314,18 +398,22 @@ def _detect_all(detector: Detector, sources: List[Source], names: Sequence[str],
 
 
 def run(args: argparse.Namespace) -> int:
-    """`darkpy detect`: 0 when at least one image was processed, 1 when none could be, 2 when the network or
-    the class names cannot be set up (see darkpy.commands.common)."""
+    """`darkpy detect`: 0 when at least one image was processed and every output written, 1 when none could be
+    processed or an output could not be written, 2 when the network or the class names cannot be set up (see
+    darkpy.commands.common)."""
     try:
         names, detector = _setup(args)
     except INPUT_ERRORS as error:
         return fail("detect", error, EXIT_USAGE)  # tests/test_detect.py asserts 2 for a missing cfg
+    try:
+        writer = OutputWriter(args, names)
+    except OSError as error:  # --save-dir or --out cannot be written: nothing is run
+        return fail("detect", error)
     specs = [_existing(s, s == DEFAULT_SOURCE) for s in args.sources]
     sources, errors = expand_sources(specs)
     for message in errors:
         print(f"darkpy detect: error: {message}, skipped", file=sys.stderr)
     bar = _progress_bar(sources, count_frames(sources), specs)
-    writer = OutputWriter(args, names)
     counts = _Counts()
     start = time.perf_counter()
     try:
@@ -340,7 +428,8 @@ def run(args: argparse.Namespace) -> int:
     rate = counts.processed / elapsed if elapsed > 0 else 0.0
     skipped = counts.failed + len(errors)
     print(f"{counts.processed} image(s) in {elapsed:.2f} s: {rate:.2f} images/s"
-          + (f"; {skipped} input(s) skipped" if skipped else ""))
+          + (f"; {skipped} input(s) skipped" if skipped else "")
+          + (f"; {writer.failures} output(s) could not be written" if writer.failures else ""))
     if counts.processed and not args.no_save:
         print(f"annotated results in {writer.save_dir}")
-    return EXIT_OK if counts.processed else EXIT_FAILED
+    return EXIT_OK if counts.processed and not writer.failures else EXIT_FAILED

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Sequence
 
-from darkpy.commands.common import INPUT_ERRORS, UsageError, build_detector, fail
+from darkpy.commands.common import INPUT_ERRORS, UsageError, add_allow_partial, build_detector, fail
 from darkpy.data import DataProblems, check_names_count
 from darkpy.evaluation.mapdata import MapDataset, accumulate_map, iterate_detections, load_map_dataset
 from darkpy.evaluation.metrics import (
@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="darknet .data file (valid, names, optional difficult)")
     parser.add_argument("--cfg", required=True, help="network .cfg")
     parser.add_argument("--weights", help="darknet .weights (without it: the cfg's random initialisation)")
+    add_allow_partial(parser)
     parser.add_argument("--points", type=int, default=0,
                         help="AP method: 0 = area under the curve for each unique recall (default, VOC2010+), "
                              "11 = PascalVOC 2007, 101 = MS COCO")

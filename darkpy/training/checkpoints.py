@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch
-
 from darkpy.data import DataConfig, resolve_path
 from darkpy.training.schedule import WeightsEma
 from darkpy.training.settings import TrainError, TrainOptions
@@ -63,16 +61,10 @@ def load_start_weights(model, options: TrainOptions, backup: Path) -> StartWeigh
             f"{path}: the snapshot is truncated: it holds {report.layers_loaded} of the "
             f"{report.layers_with_weights} layers with weights of {options.cfg} ({report.floats} floats). "
             f"A snapshot written by darkpy or Darknet holds them all; use an earlier snapshot")
-    _check_finite(model, path)
+    nonfinite = report.nonfinite_message()
+    if nonfinite is not None:
+        raise TrainError(nonfinite)
     return StartWeights(path, report, 0 if options.clear else int(report.header.seen))
-
-
-def _check_finite(model, path: str) -> None:
-    for layer in model.layers:
-        for tensor in layer.darknet_arrays():
-            if not torch.isfinite(tensor).all():
-                raise TrainError(f"{path}: layer {layer.index} ([{layer.type}]) holds NaN or infinite values: "
-                                 f"the file is corrupt (or training diverged when it was written)")
 
 
 class Snapshots:

@@ -1,0 +1,235 @@
+"""Bad input and faults (issue #16): every case ends with a message naming the file and what is wrong, the other
+inputs still processed, no partial output left behind and a non-zero exit code; never a traceback, a silently
+wrong answer or lost work. docs/bad_input.md lists the cases and their outcomes."""
+import os
+import stat
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from darkpy.cli import main as cli_main
+from darkpy.model import Darknet
+
+# Three layers with weights (2 + 1 + 1 arrays), one [yolo] head: built and run in milliseconds.
+TINY_DETECTOR = """[net]
+batch=2
+subdivisions=1
+width=32
+height=32
+channels=3
+max_batches=4
+learning_rate=0.001
+burn_in=0
+[convolutional]
+batch_normalize=1
+filters=4
+size=3
+stride=2
+pad=1
+activation=leaky
+[convolutional]
+filters=8
+size=3
+stride=2
+pad=1
+activation=leaky
+[convolutional]
+filters=14
+size=1
+activation=linear
+[yolo]
+mask=0,1
+anchors=8,8, 16,16
+classes=2
+num=2
+"""
+LAYERS_WITH_WEIGHTS = 3
+
+
+class World:
+    """A cfg, its full weights, two images with labels, names, lists and a .data file in one folder."""
+
+    def __init__(self, root):
+        self.root = root
+        self.cfg = root / "tiny.cfg"
+        self.cfg.write_text(TINY_DETECTOR)
+        torch.manual_seed(0)
+        self.model = Darknet.from_cfg(str(self.cfg))
+        self.weights = root / "tiny.weights"
+        self.model.save_weights(str(self.weights))
+        self.names = root / "obj.names"
+        self.names.write_text("a\nb\n")
+        rng = np.random.default_rng(0)
+        self.images = []
+        for i in range(2):
+            image = root / f"img{i}.png"
+            cv2.imwrite(str(image), rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+            image.with_suffix(".txt").write_text("0 0.5 0.5 0.4 0.3\n")
+            self.images.append(image)
+        self.list = root / "list.txt"
+        self.list.write_text("".join(f"{p}\n" for p in self.images))
+        self.backup = root / "backup"
+        self.backup.mkdir()
+        self.data = root / "obj.data"
+        self.data.write_text(f"classes=2\ntrain={self.list}\nvalid={self.list}\nnames={self.names}\n"
+                             f"backup={self.backup}\n")
+
+    def weights_upto(self, layers: int):
+        """A partial file holding the first `layers` layers with weights (0: the header only)."""
+        path = self.root / f"tiny.conv.{layers}"
+        # the layer indices of the convolutions are 0, 1, 2: upto=k keeps k of them
+        self.model.save_weights(str(path), upto=layers)
+        return path
+
+    def command(self, name: str, weights, *extra):
+        """argv of `name` on this world with these weights."""
+        common = [f"--cfg={self.cfg}", f"--weights={weights}"]
+        if name == "detect":
+            return ["detect", *common, "--device=cpu", f"--names={self.names}", f"--save-dir={self.root / 'runs'}",
+                    *map(str, self.images), *extra]
+        if name == "map":
+            return ["map", *common, "--device=cpu", f"--data={self.data}", "--no-progress", *extra]
+        return ["export", *common, f"--output={self.root / 'tiny.onnx'}", "--no-verify", *extra]
+
+
+@pytest.fixture
+def world(tmp_path):
+    return World(tmp_path)
+
+
+def run(argv, capsys):
+    """The command's exit code and its stderr (a traceback would escape as an exception and fail the test)."""
+    code = cli_main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+# ============================================================================ item 1: weights inference refuses
+
+INFERENCE = ["detect", "map", "export"]
+
+
+@pytest.mark.parametrize("command", INFERENCE)
+@pytest.mark.parametrize("filled", range(LAYERS_WITH_WEIGHTS))
+def test_inference_refuses_a_partial_weights_file(world, capsys, command, filled):
+    partial = world.weights_upto(filled)
+    code, err = run(world.command(command, partial), capsys)
+    assert code != 0
+    assert f"{partial}: a partial weights file: it fills {filled} of the {LAYERS_WITH_WEIGHTS} layers" in err
+    assert "--allow-partial" in err
+
+
+@pytest.mark.parametrize("command", INFERENCE)
+def test_allow_partial_runs_a_partial_file(world, capsys, command):
+    code, err = run(world.command(command, world.weights_upto(2), "--allow-partial"), capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("command", INFERENCE)
+def test_inference_refuses_non_finite_weights_naming_the_layer(world, capsys, command):
+    raw = bytearray(world.weights.read_bytes())
+    header, first_layer = 20, 4 * sum(t.numel() for t in world.model.layers[0].darknet_arrays())
+    at = header + first_layer + 8  # inside layer 1's biases
+    raw[at:at + 4] = np.array([np.inf], "<f4").tobytes()
+    world.weights.write_bytes(bytes(raw))
+    code, err = run(world.command(command, world.weights, "--allow-partial"), capsys)
+    assert code != 0
+    assert f"{world.weights}: layer 1 ([convolutional], {world.cfg}:" in err and "NaN or infinite" in err
+
+
+def test_inference_accepts_the_full_file(world, capsys):
+    code, err = run(world.command("detect", world.weights), capsys)
+    assert code == 0, err
+
+
+# ============================================================================ item 2: detect's outputs
+
+def test_save_dir_that_is_a_file_is_refused_before_running(world, capsys):
+    blocker = world.root / "runs"
+    blocker.write_text("not a folder")
+    code, err = run(world.command("detect", world.weights), capsys)
+    assert code == 1
+    assert f"{blocker}: cannot write" in err
+    assert "Predicted" not in capsys.readouterr().out
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_save_dir_is_refused_before_running(world, capsys):
+    folder = world.root / "runs"
+    folder.mkdir()
+    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    code, err = run(world.command("detect", world.weights), capsys)
+    assert code == 1 and f"{folder}: cannot write" in err
+
+
+def test_out_naming_a_folder_is_refused_before_running(world, capsys):
+    code, err = run(world.command("detect", world.weights, f"--out={world.root}"), capsys)
+    assert code == 1 and f"{world.root}: cannot write" in err
+
+
+def test_each_failed_write_is_named_and_the_other_images_still_written(world, capsys):
+    labels = world.root / "runs" / "labels"
+    (world.root / "runs" / "img0.jpg").mkdir(parents=True)  # cv2.imwrite fails on it (returns False)
+    (labels / "img1.txt").mkdir(parents=True)  # and write_text on this one
+    code = cli_main([str(a) for a in world.command("detect", world.weights, "--save-txt")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f"{world.root / 'runs' / 'img0.jpg'}: cannot write" in captured.err
+    assert f"{labels / 'img1.txt'}: cannot write" in captured.err
+    assert (world.root / "runs" / "img1.jpg").is_file() and (labels / "img0.txt").is_file()
+    assert "2 image(s)" in captured.out and "2 output(s) could not be written" in captured.out
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_out_on_a_full_disk_is_named_and_the_images_still_written(world, capsys):
+    code, err = run(world.command("detect", world.weights, "--out=/dev/full"), capsys)
+    assert code == 1
+    assert "/dev/full: cannot write: No space left on device" in err
+    assert (world.root / "runs" / "img0.jpg").is_file() and (world.root / "runs" / "img1.jpg").is_file()
+    assert os.path.exists("/dev/full")  # the partial output removed is a file's, never a device's
+
+
+# ============================================================================ item 4: one unreadable image
+
+@pytest.fixture
+def unreadable(monkeypatch):
+    """Make an image unreadable: mode 000, and for root (who reads it anyway) reading it fails as it would."""
+    def make(path):
+        path.chmod(0)
+        real = np.fromfile
+
+        def fromfile(file, *args, **kwargs):
+            if str(file) == str(path):
+                raise PermissionError(13, "Permission denied", str(file))
+            return real(file, *args, **kwargs)
+        monkeypatch.setattr(np, "fromfile", fromfile)
+        return path
+    return make
+
+
+def test_detect_goes_on_after_an_unreadable_image(world, capsys, unreadable):
+    bad = unreadable(world.images[0])
+    code = cli_main([str(a) for a in world.command("detect", world.weights)])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert f"{bad}: cannot read the image file: Permission denied" in captured.err
+    assert "img1.png: Predicted in" in captured.out and "1 input(s) skipped" in captured.out
+
+
+def test_map_goes_on_after_an_unreadable_image(world, capsys, unreadable):
+    bad = unreadable(world.images[0])
+    code = cli_main([str(a) for a in world.command("map", world.weights)])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert str(bad) in captured.out + captured.err and "Permission denied" in captured.out + captured.err
+
+
+def test_train_goes_on_after_an_unreadable_image(world, capsys, unreadable):
+    bad = unreadable(world.images[0])
+    code = cli_main(["train", f"--data={world.data}", f"--cfg={world.cfg}", "--device=cpu", "--workers=0",
+                     "--no-progress", "--max-batches=2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert str(bad) in captured.out + captured.err
+    assert (world.backup / "tiny_final.weights").is_file()
