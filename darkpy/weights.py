@@ -11,11 +11,12 @@ then answers nonsense. Whether a partial or non-finite file is acceptable is the
 is inference's; training accepts a partial backbone).
 """
 import os
+import re
 import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -189,7 +190,8 @@ def save_weights(layers: Sequence[Any], path: Union[str, Path], seen: int = 0,
     if not header.seen_is_64bit or header.transpose:
         header = WeightsHeader(*DEFAULT_VERSION, seen=header.seen)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent) or ".")
+    # the writer's process id in the name tells a killed write's leftover from one still being written
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp", dir=str(path.parent) or ".")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(header.pack())
@@ -203,3 +205,33 @@ def save_weights(layers: Sequence[Any], path: Union[str, Path], seen: int = 0,
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+_TEMPORARY_NAME = re.compile(r"\.weights\.(\d+)\.[^.]+\.tmp$")  # save_weights' temporary files: NAME.PID.RANDOM.tmp
+
+
+def remove_orphaned_temporaries(folder: Union[str, Path]) -> List[Path]:
+    """Delete the temporary files that save_weights calls killed mid-write left in `folder` (those whose writing
+    process no longer runs here; on POSIX only, where that can be asked); returns the files removed."""
+    if os.name != "posix" or not Path(folder).is_dir():
+        return []
+    removed = []
+    for candidate in Path(folder).iterdir():
+        match = _TEMPORARY_NAME.search(candidate.name)
+        if match and candidate.is_file() and not _process_runs(int(match.group(1))):
+            try:
+                candidate.unlink()
+                removed.append(candidate)
+            except OSError:
+                pass  # removed by someone else meanwhile, or not ours to remove
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

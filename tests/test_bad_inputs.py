@@ -233,3 +233,130 @@ def test_train_goes_on_after_an_unreadable_image(world, capsys, unreadable):
     assert code == 0, captured.err
     assert str(bad) in captured.out + captured.err
     assert (world.backup / "tiny_final.weights").is_file()
+
+
+# ============================================================================ item 3: training keeps its work
+
+def _trainer(world, **overrides):
+    from darkpy.training.settings import TrainOptions
+    from darkpy.training.trainer import Trainer
+    options = dict(data=str(world.data), cfg=str(world.cfg), device="cpu", workers=0, progress=False,
+                   max_batches=50, seed=1)
+    options.update(overrides)
+    return Trainer(TrainOptions(**options))
+
+
+def _act_at(trainer, iteration, action):
+    """Run `action` after the training iteration `iteration` (counted from 1)."""
+    original = trainer.train_iteration
+
+    def hooked(images, truths, number):
+        loss = original(images, truths, number)
+        if number + 1 == iteration:
+            action()
+        return loss
+    trainer.train_iteration = hooked
+
+
+def _last_seen(world):
+    last = world.backup / "tiny_last.weights"
+    return Darknet.from_cfg(str(world.cfg)).load_weights(str(last)).header.seen
+
+
+@pytest.mark.parametrize("signal_name, code", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
+def test_a_stop_signal_saves_last_and_resume_continues(world, signal_name, code):
+    import signal
+    trainer = _trainer(world)
+    _act_at(trainer, 3, lambda: os.kill(os.getpid(), getattr(signal, signal_name)))
+    try:
+        assert trainer.train() == code
+    finally:
+        trainer.close()
+    assert _last_seen(world) == 3 * 2  # iteration 3 of batch=2
+    resumed = _trainer(world, resume=True, max_batches=4)
+    try:
+        assert resumed.start_iteration == 3
+        assert resumed.train() == 0
+    finally:
+        resumed.close()
+
+
+def test_a_killed_loading_process_saves_last_and_exits_1(world, capsys):
+    import multiprocessing
+    import signal
+    trainer = _trainer(world, workers=1, max_batches=200)
+
+    def kill_workers():
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGKILL)
+    _act_at(trainer, 2, kill_workers)
+    try:
+        assert trainer.train() == 1
+    finally:
+        trainer.close()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "data loading failed" in line]
+    assert len(lines) == 1 and "at iteration" in lines[0]
+    assert _last_seen(world) >= 2 * 2
+
+
+def test_a_second_stop_signal_quits_at_once_with_a_message(world, capsys, monkeypatch):
+    import signal
+    from darkpy.training.trainer import Trainer
+    original = Trainer.train_iteration
+
+    def twice_at_two(self, images, truths, number):
+        loss = original(self, images, truths, number)
+        if number + 1 == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+    monkeypatch.setattr(Trainer, "train_iteration", twice_at_two)
+    code = cli_main(["train", f"--data={world.data}", f"--cfg={world.cfg}", "--device=cpu", "--workers=0",
+                     "--no-progress", "--max-batches=50"])
+    assert code == 130
+    assert "interrupted twice: stopped without saving" in capsys.readouterr().err
+
+
+def _dead_pid():
+    import subprocess
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process ids are checked on POSIX only")
+def test_an_unfinished_snapshot_of_a_killed_run_is_removed_at_the_next_start(world):
+    orphan = world.backup / f"tiny_last.weights.{_dead_pid()}.abcd1234.tmp"
+    orphan.write_bytes(b"half a snapshot")
+    being_written = world.backup / f"tiny_last.weights.{os.getpid()}.efgh5678.tmp"
+    being_written.write_bytes(b"another run's write in progress")
+    trainer = _trainer(world)
+    trainer.close()
+    assert not orphan.exists() and being_written.exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_sigkill_during_a_snapshot_write_keeps_the_previous_snapshot(world):
+    import signal
+    import subprocess
+    import sys
+    import time
+    last = world.backup / "tiny_last.weights"
+    world.model.save_weights(str(last), seen=3 * 2)  # the previous snapshot: iteration 3
+    # a process that stops inside its write of a new _last (before the rename), then is killed
+    script = ("import os, sys, time; from darkpy.model import Darknet; os.fsync = lambda fd: time.sleep(60); "
+              f"Darknet.from_cfg({str(world.cfg)!r}).save_weights({str(last)!r}, seen=999)")
+    writer = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline = time.time() + 60
+    while not list(world.backup.glob("*.tmp")) and time.time() < deadline:
+        time.sleep(0.1)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert list(world.backup.glob("*.tmp"))  # the killed write's leftover
+    resumed = _trainer(world, resume=True, max_batches=4)
+    try:
+        assert resumed.start_iteration == 3 and not list(world.backup.glob("*.tmp"))
+        assert resumed.train() == 0
+    finally:
+        resumed.close()

@@ -57,7 +57,8 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`darkpy train`: 0 when max_batches is reached, 130 after Ctrl-C (with _last saved), 1 on bad input."""
+    """`darkpy train`: 0 when max_batches is reached, 128 + the signal's number after Ctrl-C, SIGTERM or SIGHUP
+    (with _last saved), 1 on bad input or when data loading failed (with _last saved)."""
     try:
         trainer = Trainer(options_from_args(args))
     except (TrainError, CfgError, DataError, WeightsError, LossError, ScheduleError, OSError, ValueError) as error:

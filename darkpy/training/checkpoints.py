@@ -15,7 +15,7 @@ from typing import Callable, Optional
 from darkpy.data import DataConfig, resolve_path
 from darkpy.training.schedule import WeightsEma
 from darkpy.training.settings import TrainError, TrainOptions
-from darkpy.weights import LoadReport
+from darkpy.weights import LoadReport, remove_orphaned_temporaries
 
 DEFAULT_BACKUP = "/backup/"  # train_detector's option_find_str default
 SNAPSHOT_NAME = re.compile(r"_(last|final|best|ema|\d+)\.weights$")
@@ -75,6 +75,9 @@ class Snapshots:
                  writes: bool, say: Callable[[str], None]):
         self.model, self.backup, self.cfg_base = model, backup, cfg_base
         self.images_per_iteration, self.ema, self.writes, self.say = images_per_iteration, ema, writes, say
+        if writes:  # a run killed while it wrote a snapshot left its temporary file behind
+            for leftover in remove_orphaned_temporaries(backup):
+                say(f" Removed {leftover}: an unfinished snapshot of a run that was killed while writing it")
 
     def path(self, suffix: str) -> Path:
         return self.backup / f"{self.cfg_base}_{suffix}.weights"
