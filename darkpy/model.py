@@ -1,4 +1,5 @@
 """The network built from a cfg: Darknet(nn.Module) (src/parser.c parse_network_cfg, src/network.c)."""
+import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -11,6 +12,12 @@ from darkpy.layers import LAYER_TYPES, UNSUPPORTED, BuildContext, Layer
 from darkpy.weights import LoadReport, WeightsError, count_floats, load_weights, save_weights
 
 ModelOutput = Union[List[torch.Tensor], torch.Tensor]
+
+
+def _size_of(error: BaseException) -> str:
+    """' (216.0 GB)' from PyTorch's "you tried to allocate 216000000000 bytes"; '' when it does not say."""
+    match = re.search(r"allocate (\d+) bytes", str(error))
+    return f" ({int(match.group(1)) / 1e9:.1f} GB)" if match else ""
 
 
 class Darknet(nn.Module):
@@ -68,7 +75,13 @@ class Darknet(nn.Module):
         if cls is None:
             raise section.error(f"unknown section type (Darknet: 'Type not recognized'); known: "
                                 f"{', '.join(sorted(LAYER_TYPES))}")
-        return cls(section, ctx)
+        try:
+            return cls(section, ctx)
+        except (MemoryError, RuntimeError) as error:  # the allocator refused the layer's arrays: nothing was made
+            if not isinstance(error, MemoryError) and "allocate" not in str(error):
+                raise
+            raise section.error(f"cannot be built: its arrays need more memory than there is{_size_of(error)}"
+                                f"; check its sizes (filters, size, output...)") from None
 
     @classmethod
     def from_cfg(cls, path: Union[str, Path], width: Optional[int] = None,

@@ -360,3 +360,69 @@ def test_sigkill_during_a_snapshot_write_keeps_the_previous_snapshot(world):
         assert resumed.train() == 0
     finally:
         resumed.close()
+
+
+# ============================================================================ item 5: numbers as Darknet reads them
+
+CONV = "[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nsize=1\nactivation=linear\n"
+
+
+def _built(tmp_path, text, name="n.cfg"):
+    """The network of this cfg text and the CfgWarning messages it gave."""
+    import warnings
+    from darkpy.cfg import CfgWarning
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = Darknet.from_cfg(str(path))
+    return model, [str(w.message) for w in caught if issubclass(w.category, CfgWarning)]
+
+
+@pytest.mark.parametrize("written, filters", [("1e2", 1), ("1_6", 1), ("16", 16), ("4.0", 4), ("3.7", 3),
+                                              ("7abc", 7)])
+def test_integers_are_read_as_atoi_reads_them(tmp_path, written, filters):
+    model, warned = _built(tmp_path, CONV + f"filters={written}\n")
+    assert model.layers[0].out_shape[0] == filters  # C Darknet 59596d78: filters=1e2 builds 1 filter
+    left_over = written != str(filters) and written != f"{filters}.0"
+    assert len(warned) == left_over
+    if left_over:
+        assert f"n.cfg:8: [convolutional] option 'filters': Darknet reads '{written}' as {filters}" in warned[0]
+
+
+def test_a_fraction_read_as_an_integer_is_zero(tmp_path):
+    from darkpy.cfg import parse_cfg_text
+    section = parse_cfg_text(CONV + "stride=.2\n", "n.cfg")[1]
+    with pytest.warns(UserWarning, match=r"n.cfg:8: .* Darknet reads '.2' as 0"):
+        assert section.get_int("stride") == 0
+
+
+def test_floats_read_their_leading_number_with_a_warning(tmp_path):
+    from darkpy.cfg import parse_cfg_text
+    section = parse_cfg_text("[net]\nwidth=32\nheight=32\nmomentum=0.9x\nanchors=1,2.5e1,3\n", "n.cfg")[0]
+    with pytest.warns(UserWarning, match=r"n.cfg:4: .* 'momentum': Darknet reads '0.9x' as 0.9"):
+        assert section.get_float("momentum") == pytest.approx(0.9)
+    assert section.get_float_list("anchors") == [1.0, 25.0, 3.0]
+
+
+@pytest.mark.parametrize("text, line, words", [
+    (CONV + "filters=99999999999999999999\n", 8, "too large: Darknet reads integers as a C int"),
+    (CONV + "filters=abc\n", 8, "not an integer"),
+    (CONV + "filters=4\nlearning_rate=inf\n", 9, "not a finite number"),
+    (CONV + "filters=4\nlearning_rate=nan\n", 9, "not a finite number"),
+    (CONV + "filters=4\nlearning_rate=1e999\n", 9, "not a finite number"),
+    # 2e9 x 3072 floats: 24 TB, which no allocator grants
+    ("[net]\nwidth=32\nheight=32\nchannels=3\n[connected]\noutput=2000000000\n", 5,
+     "cannot be built: its arrays need more memory than there is (24576.0 GB)"),
+])
+def test_numbers_that_cannot_be_built_are_refused_with_file_and_line(tmp_path, capsys, text, line, words):
+    path = tmp_path / "n.cfg"
+    path.write_text(text)
+    code, err = run(["summary", path], capsys)
+    assert code == 1
+    assert f"{path}:{line}:" in err and words in err
+
+
+def test_a_cfg_with_a_utf8_byte_order_mark_parses(tmp_path):
+    model, warned = _built(tmp_path, b"\xef\xbb\xbf" + (CONV + "filters=4\n").encode())
+    assert model.layers[0].out_shape == (4, 32, 32) and warned == []
