@@ -426,3 +426,29 @@ def test_numbers_that_cannot_be_built_are_refused_with_file_and_line(tmp_path, c
 def test_a_cfg_with_a_utf8_byte_order_mark_parses(tmp_path):
     model, warned = _built(tmp_path, b"\xef\xbb\xbf" + (CONV + "filters=4\n").encode())
     assert model.layers[0].out_shape == (4, 32, 32) and warned == []
+
+
+# ============================================================================ item 7: labels a hair outside [0,1]
+
+def test_a_label_a_hair_outside_is_kept_as_darknet_keeps_it(tmp_path):
+    from darkpy.data import BAD_COORDINATES, DataProblems, read_labels
+    from darkpy.training.augment import CropWindow, place_truths
+    from darkpy.training.settings import AugmentConfig
+    path = tmp_path / "a.txt"
+    path.write_text("0 0.5 0.5 1.0000001 0.4\n")
+    problems = DataProblems()
+    labels = read_labels(str(path), 1, problems)
+    assert labels.tolist() == [[0, 0.5, 0.5, np.float32(1.0000001), np.float32(0.4)]]  # map: as it is
+    assert "kept, as Darknet keeps it" in problems.messages[BAD_COORDINATES][0]
+    truths, _ = place_truths(labels, CropWindow(100, 100, 0, 0, 0, 0), False, 64, 64, AugmentConfig(classes=1))
+    assert truths[0, 2] == 1.0  # training: clipped to the image, as correct_boxes does
+
+
+def test_save_txt_never_writes_a_label_outside_the_image():
+    from darkpy.boxes import Detection
+    from darkpy.commands.detect import label_lines
+    crossing = Detection(x=0.95, y=0.5, w=0.2, h=1.1, probs=np.float32([0.9]), objectness=0.9)
+    (line,) = label_lines([crossing], 0.25)
+    values = [float(v) for v in line.split()[1:5]]
+    assert all(0.0 <= v <= 1.0 for v in values)
+    assert values == pytest.approx([0.925, 0.5, 0.15, 1.0])

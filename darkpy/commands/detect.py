@@ -168,14 +168,18 @@ def json_record(frame_id: int, filename: str, detections: Sequence[Detection], n
 
 def label_lines(detections: Sequence[Detection], thresh: float) -> List[str]:
     """YOLO-format lines with the confidence: `class x y w h confidence` for the best class above thresh
-    (darknet -save_labels writes the same without the confidence)."""
+    (darknet -save_labels writes the same without the confidence). A box that crosses the image's border is
+    cut to the image, so that the file is a valid label file (Darknet writes it as it is, outside [0, 1])."""
     lines = []
     for det in detections:
         above = np.where(det.probs > np.float32(thresh), det.probs, 0)
         if not above.any():
             continue
         best = int(np.argmax(above))
-        lines.append("%d %.6f %.6f %.6f %.6f %.6f" % (best, det.x, det.y, det.w, det.h, float(det.probs[best])))
+        left, right = np.clip([det.x - det.w / 2, det.x + det.w / 2], 0.0, 1.0)
+        top, bottom = np.clip([det.y - det.h / 2, det.y + det.h / 2], 0.0, 1.0)
+        lines.append("%d %.6f %.6f %.6f %.6f %.6f" % (best, (left + right) / 2, (top + bottom) / 2, right - left,
+                                                      bottom - top, float(det.probs[best])))
     return lines
 
 
