@@ -64,6 +64,16 @@ class DataConfig:
         line = self.lines.get(key)
         return f"{self.path}:{line}" if line else self.path
 
+    def get_positive_int(self, key: str, default: int) -> int:
+        """An integer option (savelast=, saveweights=) as darknet's atoi reads it; anything but a positive
+        number is a DataError naming the file and line."""
+        if key not in self.options:
+            return default
+        value = _atoi(self.options[key])
+        if value is None or value <= 0:
+            raise DataError(f"{self.where(key)}: {key} must be a positive integer, got {self.options[key]!r}")
+        return value
+
     def resolve(self, key: str) -> Optional[str]:
         """The path a key names, resolved as darknet opens it (see resolve_path); None if the key is absent."""
         value = self.options.get(key)
@@ -97,11 +107,7 @@ def read_option_lines(path: str) -> Tuple["OrderedDict[str, str]", Dict[str, int
     error line");
     a line without `=` is kept as a key with an empty value; duplicate keys: the first one wins.
     """
-    try:
-        with open(path, "r", encoding="utf-8", errors="replace") as handle:
-            raw_lines = handle.read().splitlines()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot open the .data file ({exc.strerror})") from None
+    raw_lines = _read_text(path, ".data file", newline=None).splitlines()
     options: "OrderedDict[str, str]" = OrderedDict()
     line_numbers: Dict[str, int] = {}
     for number, raw in enumerate(raw_lines, start=1):
@@ -159,12 +165,19 @@ def resolve_path(p: str, relative_to_file: str) -> str:
 
 # --------------------------------------------------------------------------------------------- names, lists
 
-def _read_text_lines(path: str, what: str) -> List[str]:
+def _read_text(path: str, what: str, newline: Optional[str]) -> str:
+    """The text of a dataset file; a device or a pipe (/dev/zero would be read forever) is refused."""
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        raise DataError(f"{path}: cannot open the {what} (not a regular file)")
     try:
-        with open(path, "r", encoding="utf-8", errors="replace", newline="") as handle:
-            text = handle.read()
+        with open(path, "r", encoding="utf-8", errors="replace", newline=newline) as handle:
+            return handle.read()
     except OSError as exc:
         raise DataError(f"{path}: cannot open the {what} ({exc.strerror})") from None
+
+
+def _read_text_lines(path: str, what: str) -> List[str]:
+    text = _read_text(path, what, newline="")
     # darknet's fgetl strips the LF and a CR before it; split on LF only so that nothing else is trimmed.
     lines = text.split("\n")
     if lines and lines[-1] == "":

@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from darkpy.cfg import Section, mark_net_options_read, parse_cfg, warn_unused
+from darkpy.cfg import C_INT_MAX, Section, mark_net_options_read, parse_cfg, warn_unused
 from darkpy.heads import Head as _Head
 from darkpy.layers import LAYER_TYPES, UNSUPPORTED, BuildContext, Layer
 from darkpy.weights import LoadReport, WeightsError, count_floats, load_weights, save_weights
@@ -38,6 +38,9 @@ class Darknet(nn.Module):
         self.width = self._size(net, "width", width)
         self.height = self._size(net, "height", height)
         self.channels = self._size(net, "channels", None)
+        if self.width * self.height * self.channels > C_INT_MAX:  # checked before anything is allocated
+            raise net.error(f"a {self.width}x{self.height}x{self.channels} input has more values than Darknet's "
+                            f"int counts ({C_INT_MAX}): it cannot be built", "width")
         self.letter_box = bool(net.get_int("letter_box", 0))
         self.seen = 0
         self.weights_version = None

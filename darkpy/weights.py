@@ -130,6 +130,8 @@ def load_weights(layers: Sequence[Any], path: Union[str, Path], partial: bool = 
     file, as load_weights_upto does; see the module docstring for the rules. With `partial`, floats left over
     after the last layer are not an error (`darknet partial` reads only the first N layers of a full file)."""
     path = str(path)
+    if Path(path).exists() and not Path(path).is_file():  # /dev/zero would be read until memory runs out
+        raise WeightsError(f"{path}: not a regular file")
     try:
         data = Path(path).read_bytes()
     except OSError as e:

@@ -452,3 +452,97 @@ def test_save_txt_never_writes_a_label_outside_the_image():
     values = [float(v) for v in line.split()[1:5]]
     assert all(0.0 <= v <= 1.0 for v in values)
     assert values == pytest.approx([0.925, 0.5, 0.15, 1.0])
+
+
+# ============================================================================ items 6 and 8: messages, not tracebacks
+
+def _data_file(world, name, **changes):
+    options = {"classes": "2", "train": str(world.list), "valid": str(world.list), "names": str(world.names),
+               "backup": str(world.backup), **changes}
+    path = world.root / name
+    path.write_text("".join(f"{key}={value}\n" for key, value in options.items()))
+    return path
+
+
+def _cases(world):
+    """(argv, exit code, words of the message) for bad arguments and files."""
+    (world.root / "empty.txt").write_text("")
+    a_file = world.root / "a_file"
+    a_file.write_text("x")
+    detect = world.command("detect", world.weights)
+    train = ["train", f"--cfg={world.cfg}", "--workers=0", "--no-progress", "--max-batches=2", "--device=cpu"]
+    map_ = ["map", f"--cfg={world.cfg}", f"--weights={world.weights}", "--device=cpu"]
+    return {
+        "detect --device foo": (detect + ["--device=foo"], 2, "device foo: not a device name"),
+        "map --device foo": (map_ + [f"--data={world.data}", "--device=foo"], 1, "device foo: not a device name"),
+        "train --device foo": (train + [f"--data={world.data}", "--device=foo"], 1, "device foo: not a device name"),
+        "detect --width 100000": (detect + ["--width=100000", "--height=100000"], 2,
+                                  "tiny.cfg:4: option 'width' [net] a 100000x100000x3 input has more values"),
+        "detect --thresh nan": (detect + ["--thresh=nan"], 2, "argument --thresh: 'nan' is not a finite number"),
+        "detect --nms nan": (detect + ["--nms=nan"], 2, "argument --nms: 'nan' is not a finite number"),
+        "map --iou-thresh nan": (map_ + [f"--data={world.data}", "--iou-thresh=nan"], 2, "not a finite number"),
+        "train --learning-rate nan": (train + [f"--data={world.data}", "--learning-rate=nan"], 2,
+                                      "'nan' is not a finite number"),
+        "train --learning-rate -1": (train + [f"--data={world.data}", "--learning-rate=-1"], 2, "'-1' is not above 0"),
+        "train on an empty list": (train + [f"--data={_data_file(world, 'et.data', train=world.root / 'empty.txt')}"],
+                                   1, "empty.txt: the train list has no images"),
+        "map on an empty list": (map_ + [f"--data={_data_file(world, 'ev.data', valid=world.root / 'empty.txt')}"],
+                                 1, "empty.txt: the valid list has no images"),
+        "savelast=abc": (train + [f"--data={_data_file(world, 's.data', savelast='abc')}"], 1,
+                         "s.data:6: savelast must be a positive integer, got 'abc'"),
+        "a backup folder that is a file": (train + [f"--data={_data_file(world, 'b.data', backup=a_file)}"], 1,
+                                           f"b.data:5: the backup folder {a_file} cannot be made: a file has"),
+        "/dev/zero as weights": (train + [f"--data={world.data}", "--weights=/dev/zero"], 1,
+                                 "/dev/zero: not a regular file"),
+        "/dev/zero as a list": (train + [f"--data={_data_file(world, 'z.data', train='/dev/zero')}"], 1,
+                                "/dev/zero: cannot open the image list file (not a regular file)"),
+    }
+
+
+CASE_NAMES = ["detect --device foo", "map --device foo", "train --device foo", "detect --width 100000",
+              "detect --thresh nan", "detect --nms nan", "map --iou-thresh nan", "train --learning-rate nan",
+              "train --learning-rate -1", "train on an empty list", "map on an empty list", "savelast=abc",
+              "a backup folder that is a file", "/dev/zero as weights", "/dev/zero as a list"]
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_bad_arguments_and_files_get_a_message(world, capsys, case):
+    argv, expected_code, words = _cases(world)[case]
+    try:
+        code = cli_main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse's own check
+        code = exit_.code
+    assert code == expected_code
+    assert words in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_stdout_on_a_full_disk_is_a_message(world):
+    import subprocess
+    import sys
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "darkpy", "summary", str(world.cfg)], stdout=full,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert done.returncode == 1
+    assert done.stderr.strip() == "darkpy summary: error: cannot write to the standard output: No space left on device"
+
+
+def test_the_chart_never_writes_through_a_planted_link(tmp_path):
+    from darkpy.training.chart import Chart
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    (tmp_path / "chart.png.tmp.png").symlink_to(target)  # the old fixed temporary name
+    Chart(10, 20.0).save([tmp_path / "chart.png"], "footer")
+    assert target.read_text() == "keep me" and (tmp_path / "chart.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chart.png", "chart.png.tmp.png", "precious"]
+
+
+def test_a_chart_that_cannot_be_written_names_the_chart_and_training_goes_on(world, capsys, monkeypatch):
+    import darkpy.training.chart as chart
+    monkeypatch.setattr(chart.cv2, "imwrite", lambda path, image: False)
+    code = cli_main(["train", f"--data={world.data}", f"--cfg={world.cfg}", "--device=cpu", "--workers=0",
+                     "--no-progress", "--max-batches=2"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert f"darkpy train: warning: {world.backup / 'chart.png'}: cannot write the chart" in err
+    assert err.count("cannot write the chart") == 1 and not list(world.backup.glob("*.tmp.png"))

@@ -13,6 +13,7 @@ Exit codes, as C Darknet's tools and argparse use them:
 The message is `darkpy COMMAND: error: MESSAGE` on stderr, MESSAGE being the error's own text.
 """
 import argparse
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -31,6 +32,22 @@ INPUT_ERRORS: Tuple[Type[BaseException], ...] = (ValueError, OSError)
 
 class UsageError(ValueError):
     """An argument value the command cannot use: exit code 2."""
+
+
+def finite_float(text: str) -> float:
+    """argparse type of thresholds: a finite number (nan would silently keep or drop every detection)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type of a learning rate: a finite number above 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not above 0")
+    return value
 
 
 def fail(command: str, error: BaseException, code: Optional[int] = None) -> int:

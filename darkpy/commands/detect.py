@@ -29,6 +29,7 @@ from darkpy.commands.common import (
     add_allow_partial,
     build_detector,
     fail,
+    finite_float,
 )
 from darkpy.data import read_data_config, read_names
 from darkpy.evaluation.inference import (
@@ -63,10 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     names = parser.add_mutually_exclusive_group()
     names.add_argument("--names", default=None, help=f"class names, one per line (default: {DEFAULT_NAMES})")
     names.add_argument("--data", default=None, help="a darknet .data file; its names= gives the class names")
-    parser.add_argument("--thresh", type=float, default=0.25, help="probability threshold (default: 0.25)")
-    parser.add_argument("--hier", type=float, default=0.5,
+    parser.add_argument("--thresh", type=finite_float, default=0.25, help="probability threshold (default: 0.25)")
+    parser.add_argument("--hier", type=finite_float, default=0.5,
                         help="hierarchy threshold, [region] softmax trees only (default: 0.5)")
-    parser.add_argument("--nms", type=float, default=0.45, help="NMS threshold, 0 to disable (default: 0.45)")
+    parser.add_argument("--nms", type=finite_float, default=0.45, help="NMS threshold, 0 to disable (default: 0.45)")
     parser.add_argument("--letter-box", action="store_true",
                         help="letterbox the image into the network input (also on when [net] letter_box=1)")
     parser.add_argument("--width", type=int, default=None, help="network width (default: the cfg's)")

@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from darkpy.cfg import CfgError
+from darkpy.commands.common import positive_float
 from darkpy.data import DataError
 from darkpy.training.loss import LossError
 from darkpy.training.schedule import ScheduleError
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subdivisions", type=int, help="override [net] subdivisions")
     parser.add_argument("--width", type=int, help="override [net] width")
     parser.add_argument("--height", type=int, help="override [net] height")
-    parser.add_argument("--learning-rate", type=float, help="override [net] learning_rate")
+    parser.add_argument("--learning-rate", type=positive_float, help="override [net] learning_rate")
     parser.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
     parser.add_argument("--workers", type=int, default=None,
                         help="data-loading processes (default: 1 on the CPU, min(6, CPU count - 1) with CUDA; "

@@ -37,7 +37,10 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
     checked to exist."""
     if str(device) == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device}: not a device name (auto, cpu, cuda or cuda:N)") from None
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device}: CUDA is not available on this machine (use --device cpu)")

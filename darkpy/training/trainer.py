@@ -50,6 +50,7 @@ class RunState:
     best_map: float = -1.0
     last_map: float = -1.0
     warned_divergence: bool = False
+    warned_chart: bool = False
 
     @classmethod
     def starting_at(cls, iteration: int) -> "RunState":
@@ -349,9 +350,7 @@ class Trainer:
         """The chart every 100 iterations; _N every saveweights, _last (and _ema) every savelast."""
         iteration = state.iteration
         if self.dist.main and (iteration % CHART_EVERY == 0 or iteration >= self.max_batches - 1):
-            chart.save([self.backup / "chart.png", self.backup / f"chart_{self.cfg_base}.png"],
-                       f"current avg loss = {state.avg_loss:2.4f}    iteration = {iteration}    "
-                       f"approx. time left = {state.avg_time:2.2f} hours")
+            self._save_chart(state, chart)
         if iteration >= state.iter_save + self.save_every or iteration % self.save_every == 0:
             state.iter_save = iteration
             self.save(str(iteration), iteration)
@@ -361,6 +360,17 @@ class Trainer:
             state.iter_save_last = iteration
             self.save("last", iteration)
             self.snapshots.save_ema(iteration)
+
+    def _save_chart(self, state: RunState, chart: Chart) -> None:
+        """chart.png and chart_<cfg>.png; a chart that cannot be written is reported once, training goes on."""
+        try:
+            chart.save([self.backup / "chart.png", self.backup / f"chart_{self.cfg_base}.png"],
+                       f"current avg loss = {state.avg_loss:2.4f}    iteration = {state.iteration}    "
+                       f"approx. time left = {state.avg_time:2.2f} hours")
+        except OSError as error:
+            if not state.warned_chart:
+                state.warned_chart = True
+                self._echo(f"darkpy train: warning: {error}; training goes on")
 
     def _finish(self, iteration: int, interrupted: bool) -> int:
         opts = self.options
