@@ -3,6 +3,8 @@ inputs still processed, no partial output left behind and a non-zero exit code; 
 wrong answer or lost work. docs/bad_input.md lists the cases and their outcomes."""
 import os
 import stat
+import tempfile
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -113,6 +115,9 @@ INFERENCE = ["detect", "map", "export"]
 @pytest.mark.parametrize("command", INFERENCE)
 @pytest.mark.parametrize("filled", range(LAYERS_WITH_WEIGHTS))
 def test_inference_refuses_a_partial_weights_file(world, capsys, command, filled):
+    """Weights ending between two layers (`*.conv.N`, a header-only file) given to detect, map or export → refused
+    (exit 1; detect 2): `FILE: a partial weights file: it fills K of the N layers with weights ... --allow-partial
+    to run anyway`"""
     partial = world.weights_upto(filled)
     code, err = run(world.command(command, partial), capsys)
     assert code != 0
@@ -122,12 +127,15 @@ def test_inference_refuses_a_partial_weights_file(world, capsys, command, filled
 
 @pytest.mark.parametrize("command", INFERENCE)
 def test_allow_partial_runs_a_partial_file(world, capsys, command):
+    """The same with `--allow-partial` → runs; the layers the file does not fill keep their random initialisation"""
     code, err = run(world.command(command, world.weights_upto(2), "--allow-partial"), capsys)
     assert code == 0, err
 
 
 @pytest.mark.parametrize("command", INFERENCE)
 def test_inference_refuses_non_finite_weights_naming_the_layer(world, capsys, command):
+    """NaN or infinite values in the weights (detect, map, export, train) → refused: `FILE: layer K ([convolutional],
+    CFG:LINE) holds NaN or infinite values`"""
     raw = bytearray(world.weights.read_bytes())
     header, first_layer = 20, 4 * sum(t.numel() for t in world.model.layers[0].darknet_arrays())
     at = header + first_layer + 8  # inside layer 1's biases
@@ -138,7 +146,20 @@ def test_inference_refuses_non_finite_weights_naming_the_layer(world, capsys, co
     assert f"{world.weights}: layer 1 ([convolutional], {world.cfg}:" in err and "NaN or infinite" in err
 
 
+@pytest.mark.parametrize("command", INFERENCE)
+@pytest.mark.parametrize("layer", range(LAYERS_WITH_WEIGHTS))
+def test_weights_ending_inside_a_layer_are_refused(world, capsys, command, layer):
+    """Weights ending inside a layer → refused: `FILE: the file ends inside layer K ([type], CFG:LINE): it needs ...
+    floats`"""
+    before = sum(t.numel() for lay in world.model.layers[:layer] for t in lay.darknet_arrays())
+    cut = world.root / "cut.weights"
+    cut.write_bytes(world.weights.read_bytes()[:20 + 4 * (before + 1)])  # one float into the layer
+    code, err = run(world.command(command, cut, "--allow-partial"), capsys)
+    assert code != 0 and f"{cut}: the file ends inside layer {layer} ([convolutional], {world.cfg}:" in err
+
+
 def test_inference_accepts_the_full_file(world, capsys):
+    """The complete weights file → runs, exit 0"""
     code, err = run(world.command("detect", world.weights), capsys)
     assert code == 0, err
 
@@ -146,6 +167,7 @@ def test_inference_accepts_the_full_file(world, capsys):
 # ============================================================================ item 2: detect's outputs
 
 def test_save_dir_that_is_a_file_is_refused_before_running(world, capsys):
+    """detect `--save-dir` naming a file → refused before any image is processed, exit 1: `PATH: cannot write: ...`"""
     blocker = world.root / "runs"
     blocker.write_text("not a folder")
     code, err = run(world.command("detect", world.weights), capsys)
@@ -156,6 +178,7 @@ def test_save_dir_that_is_a_file_is_refused_before_running(world, capsys):
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_save_dir_is_refused_before_running(world, capsys):
+    """detect `--save-dir` read-only (not as root) → refused before any image is processed, exit 1"""
     folder = world.root / "runs"
     folder.mkdir()
     folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
@@ -164,11 +187,14 @@ def test_read_only_save_dir_is_refused_before_running(world, capsys):
 
 
 def test_out_naming_a_folder_is_refused_before_running(world, capsys):
+    """detect `--out` naming a folder → refused before running, exit 1: `PATH: cannot write: Is a directory`"""
     code, err = run(world.command("detect", world.weights, f"--out={world.root}"), capsys)
     assert code == 1 and f"{world.root}: cannot write" in err
 
 
 def test_each_failed_write_is_named_and_the_other_images_still_written(world, capsys):
+    """An annotated image or `--save-txt` label that cannot be written → each named (`PATH: cannot write...`), the
+    other images still processed and written, partial files removed, exit 1"""
     labels = world.root / "runs" / "labels"
     (world.root / "runs" / "img0.jpg").mkdir(parents=True)  # cv2.imwrite fails on it (returns False)
     (labels / "img1.txt").mkdir(parents=True)  # and write_text on this one
@@ -183,6 +209,8 @@ def test_each_failed_write_is_named_and_the_other_images_still_written(world, ca
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_out_on_a_full_disk_is_named_and_the_images_still_written(world, capsys):
+    """`--out` on a full disk (`/dev/full`) → `PATH: cannot write: No space left on device`, the incomplete JSON
+    removed (never a device), the images still written, exit 1"""
     code, err = run(world.command("detect", world.weights, "--out=/dev/full"), capsys)
     assert code == 1
     assert "/dev/full: cannot write: No space left on device" in err
@@ -208,7 +236,35 @@ def unreadable(monkeypatch):
     return make
 
 
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels (OpenCV refuses more than 2^30 before allocating)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("content", [_png_claiming(60000, 60000), b"\x89PNG\r\n\x1a\n truncated", b""],
+                         ids=["huge", "corrupt", "empty"])
+def test_detect_goes_on_after_a_huge_corrupt_or_empty_image(world, capsys, content):
+    """A huge (60000x60000 header), corrupt or empty image → `PATH: cannot decode the file as an image, skipped`; the
+    other images processed, exit 0"""
+    bad = world.images[0]
+    bad.write_bytes(content)
+    code = cli_main([str(a) for a in world.command("detect", world.weights)])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert f"{bad}: cannot decode the file as an image, skipped" in captured.err
+    assert "img1.png: Predicted in" in captured.out
+
+
 def test_detect_goes_on_after_an_unreadable_image(world, capsys, unreadable):
+    """An unreadable image in detect → `PATH: cannot read the image file: Permission denied, skipped`; the others
+    processed, exit 0"""
     bad = unreadable(world.images[0])
     code = cli_main([str(a) for a in world.command("detect", world.weights)])
     captured = capsys.readouterr()
@@ -218,6 +274,7 @@ def test_detect_goes_on_after_an_unreadable_image(world, capsys, unreadable):
 
 
 def test_map_goes_on_after_an_unreadable_image(world, capsys, unreadable):
+    """An unreadable image in map → reported with the data problems, the others evaluated, exit 0"""
     bad = unreadable(world.images[0])
     code = cli_main([str(a) for a in world.command("map", world.weights)])
     captured = capsys.readouterr()
@@ -226,6 +283,7 @@ def test_map_goes_on_after_an_unreadable_image(world, capsys, unreadable):
 
 
 def test_train_goes_on_after_an_unreadable_image(world, capsys, unreadable):
+    """An unreadable image in train → reported once, another image drawn instead (as Darknet), training completes"""
     bad = unreadable(world.images[0])
     code = cli_main(["train", f"--data={world.data}", f"--cfg={world.cfg}", "--device=cpu", "--workers=0",
                      "--no-progress", "--max-batches=2"])
@@ -265,6 +323,8 @@ def _last_seen(world):
 
 @pytest.mark.parametrize("signal_name, code", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
 def test_a_stop_signal_saves_last_and_resume_continues(world, signal_name, code):
+    """SIGINT, SIGTERM or SIGHUP during training → the iteration finishes, `_last` saved, exit 130 / 143 / 129;
+    `--resume` continues at that iteration"""
     import signal
     trainer = _trainer(world)
     _act_at(trainer, 3, lambda: os.kill(os.getpid(), getattr(signal, signal_name)))
@@ -282,6 +342,8 @@ def test_a_stop_signal_saves_last_and_resume_continues(world, signal_name, code)
 
 
 def test_a_killed_loading_process_saves_last_and_exits_1(world, capsys):
+    """A data-loading process killed → one line `darkpy train: error: data loading failed at iteration K ...`, `_last`
+    saved, exit 1"""
     import multiprocessing
     import signal
     trainer = _trainer(world, workers=1, max_batches=200)
@@ -301,6 +363,7 @@ def test_a_killed_loading_process_saves_last_and_exits_1(world, capsys):
 
 
 def test_a_second_stop_signal_quits_at_once_with_a_message(world, capsys, monkeypatch):
+    """A second stop signal → quits at once: `darkpy train: interrupted twice: stopped without saving`, exit 130"""
     import signal
     from darkpy.training.trainer import Trainer
     original = Trainer.train_iteration
@@ -327,6 +390,8 @@ def _dead_pid():
 
 @pytest.mark.skipif(os.name != "posix", reason="process ids are checked on POSIX only")
 def test_an_unfinished_snapshot_of_a_killed_run_is_removed_at_the_next_start(world):
+    """The temporary file of a snapshot write whose process was killed → removed when training next starts (one of a
+    running process is kept)"""
     orphan = world.backup / f"tiny_last.weights.{_dead_pid()}.abcd1234.tmp"
     orphan.write_bytes(b"half a snapshot")
     being_written = world.backup / f"tiny_last.weights.{os.getpid()}.efgh5678.tmp"
@@ -338,6 +403,7 @@ def test_an_unfinished_snapshot_of_a_killed_run_is_removed_at_the_next_start(wor
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
 def test_sigkill_during_a_snapshot_write_keeps_the_previous_snapshot(world):
+    """SIGKILL during a snapshot write → the previous `_last` intact; `--resume` continues from it"""
     import signal
     import subprocess
     import sys
@@ -382,6 +448,9 @@ def _built(tmp_path, text, name="n.cfg"):
 @pytest.mark.parametrize("written, filters", [("1e2", 1), ("1_6", 1), ("16", 16), ("4.0", 4), ("3.7", 3),
                                               ("7abc", 7)])
 def test_integers_are_read_as_atoi_reads_them(tmp_path, written, filters):
+    """`filters=1e2`, `1_6`, `3.7`, `7abc` → read as C's atoi reads them (1, 1, 3, 7; Darknet builds the same) with one
+    CfgWarning `CFG:LINE: [section] option 'filters': Darknet reads '1e2' as 1 (it stops at 'e2')`; `4.0` → 4
+    without a warning"""
     model, warned = _built(tmp_path, CONV + f"filters={written}\n")
     assert model.layers[0].out_shape[0] == filters  # C Darknet 59596d78: filters=1e2 builds 1 filter
     left_over = written != str(filters) and written != f"{filters}.0"
@@ -391,6 +460,7 @@ def test_integers_are_read_as_atoi_reads_them(tmp_path, written, filters):
 
 
 def test_a_fraction_read_as_an_integer_is_zero(tmp_path):
+    """An integer option written `.2` → 0 (atoi), with the warning"""
     from darkpy.cfg import parse_cfg_text
     section = parse_cfg_text(CONV + "stride=.2\n", "n.cfg")[1]
     with pytest.warns(UserWarning, match=r"n.cfg:8: .* Darknet reads '.2' as 0"):
@@ -398,6 +468,8 @@ def test_a_fraction_read_as_an_integer_is_zero(tmp_path):
 
 
 def test_floats_read_their_leading_number_with_a_warning(tmp_path):
+    """A float option with text after the number (`0.9x`) → the leading number (atof), with the warning; lists item by
+    item"""
     from darkpy.cfg import parse_cfg_text
     section = parse_cfg_text("[net]\nwidth=32\nheight=32\nmomentum=0.9x\nanchors=1,2.5e1,3\n", "n.cfg")[0]
     with pytest.warns(UserWarning, match=r"n.cfg:4: .* 'momentum': Darknet reads '0.9x' as 0.9"):
@@ -416,6 +488,8 @@ def test_floats_read_their_leading_number_with_a_warning(tmp_path):
      "cannot be built: its arrays need more memory than there is (24576.0 GB)"),
 ])
 def test_numbers_that_cannot_be_built_are_refused_with_file_and_line(tmp_path, capsys, text, line, words):
+    """An integer beyond C's int, `abc`, `inf`, `nan`, `1e999`, or a layer no allocator can hold (24 TB) → refused with
+    `CFG:LINE` and why, exit 1"""
     path = tmp_path / "n.cfg"
     path.write_text(text)
     code, err = run(["summary", path], capsys)
@@ -424,6 +498,7 @@ def test_numbers_that_cannot_be_built_are_refused_with_file_and_line(tmp_path, c
 
 
 def test_a_cfg_with_a_utf8_byte_order_mark_parses(tmp_path):
+    """A cfg starting with a UTF-8 byte-order mark → parses"""
     model, warned = _built(tmp_path, b"\xef\xbb\xbf" + (CONV + "filters=4\n").encode())
     assert model.layers[0].out_shape == (4, 32, 32) and warned == []
 
@@ -431,6 +506,8 @@ def test_a_cfg_with_a_utf8_byte_order_mark_parses(tmp_path):
 # ============================================================================ item 7: labels a hair outside [0,1]
 
 def test_a_label_a_hair_outside_is_kept_as_darknet_keeps_it(tmp_path):
+    """A label coordinate outside [0,1] (`1.0000001`) → reported and kept, as Darknet keeps it: training clips it, map
+    uses it as it is (a non-finite one is skipped)"""
     from darkpy.data import BAD_COORDINATES, DataProblems, read_labels
     from darkpy.training.augment import CropWindow, place_truths
     from darkpy.training.settings import AugmentConfig
@@ -445,6 +522,7 @@ def test_a_label_a_hair_outside_is_kept_as_darknet_keeps_it(tmp_path):
 
 
 def test_save_txt_never_writes_a_label_outside_the_image():
+    """A detection crossing the image border → `--save-txt` writes it cut to the image, never outside [0,1]"""
     from darkpy.boxes import Detection
     from darkpy.commands.detect import label_lines
     crossing = Detection(x=0.95, y=0.5, w=0.2, h=1.1, probs=np.float32([0.9]), objectness=0.9)
@@ -507,6 +585,7 @@ CASE_NAMES = ["detect --device foo", "map --device foo", "train --device foo", "
 
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_bad_arguments_and_files_get_a_message(world, capsys, case):
+    """The argument and file cases in the table below → a message, never a traceback"""
     argv, expected_code, words = _cases(world)[case]
     try:
         code = cli_main([str(a) for a in argv])
@@ -518,6 +597,8 @@ def test_bad_arguments_and_files_get_a_message(world, capsys, case):
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_stdout_on_a_full_disk_is_a_message(world):
+    """stdout on a full disk → `darkpy COMMAND: error: cannot write to the standard output: No space left on device`,
+    exit 1"""
     import subprocess
     import sys
     with open("/dev/full", "w") as full:
@@ -528,6 +609,7 @@ def test_stdout_on_a_full_disk_is_a_message(world):
 
 
 def test_the_chart_never_writes_through_a_planted_link(tmp_path):
+    """A link planted at the chart's old fixed temporary name → untouched (the temporary name is unique)"""
     from darkpy.training.chart import Chart
     target = tmp_path / "precious"
     target.write_text("keep me")
@@ -538,6 +620,7 @@ def test_the_chart_never_writes_through_a_planted_link(tmp_path):
 
 
 def test_a_chart_that_cannot_be_written_names_the_chart_and_training_goes_on(world, capsys, monkeypatch):
+    """A chart that cannot be written → one warning naming `chart.png`, training goes on"""
     import darkpy.training.chart as chart
     monkeypatch.setattr(chart.cv2, "imwrite", lambda path, image: False)
     code = cli_main(["train", f"--data={world.data}", f"--cfg={world.cfg}", "--device=cpu", "--workers=0",
@@ -546,3 +629,35 @@ def test_a_chart_that_cannot_be_written_names_the_chart_and_training_goes_on(wor
     assert code == 0
     assert f"darkpy train: warning: {world.backup / 'chart.png'}: cannot write the chart" in err
     assert err.count("cannot write the chart") == 1 and not list(world.backup.glob("*.tmp.png"))
+
+
+# ============================================================================ docs/bad_input.md, generated from here
+
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "bad_input.md"
+GENERATED = "<!-- The tables below are generated by `python tests/test_bad_inputs.py` from the tests' docstrings. -->"
+
+
+def page_tables() -> str:
+    """The page's tables: each test's docstring ("case → outcome"), in file order, then the argument cases."""
+    tests = sorted((f for name, f in globals().items() if name.startswith("test_") and callable(f)),
+                   key=lambda f: f.__code__.co_firstlineno)
+    rows = ["| case | outcome | test |", "|---|---|---|"]
+    for test in tests:
+        if test.__doc__ and " → " in test.__doc__:
+            case, outcome = " ".join(test.__doc__.split()).split(" → ", 1)
+            rows.append(f"| {case} | {outcome} | `{test.__name__}` |")
+    with tempfile.TemporaryDirectory() as folder:
+        cases = _cases(World(Path(folder)))
+        rows += ["", "Arguments and files (`test_bad_arguments_and_files_get_a_message`):", "",
+                 "| case | exit code | message (part) |", "|---|---|---|"]
+        rows += [f"| {name} | {code} | `{words.replace(folder, 'DIR')}` |" for name, (_, code, words) in
+                 ((name, cases[name]) for name in CASE_NAMES)]
+    return "\n".join(rows) + "\n"
+
+
+def test_the_page_is_generated_from_this_suite():
+    assert PAGE.read_text().split(GENERATED + "\n", 1)[1] == page_tables()
+
+
+if __name__ == "__main__":  # rewrites the page's tables
+    PAGE.write_text(PAGE.read_text().split(GENERATED + "\n", 1)[0] + GENERATED + "\n" + page_tables())
