@@ -5,6 +5,8 @@ Darknet's rules: every space/tab/CR/LF in a line is deleted; lines starting with
 darkpy is stricter than Darknet where Darknet would silently misread: an unparsable value, an unknown
 section or an index out of range raises CfgError naming the file, the line and the option.
 """
+import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,24 @@ NET_OPTIONS = (
     "attention", "adversarial_lr", "max_chart_loss", "angle", "aspect", "saturation", "exposure", "hue",
     "show_receptive_field", "center", "min_lr", "rand_scale",
 )
+
+
+C_INT_MIN, C_INT_MAX = -2 ** 31, 2 ** 31 - 1
+_C_INT = re.compile(r"[+-]?\d+")  # what atoi reads: an optional sign and decimal digits
+# what atof (strtod) reads: a decimal or hexadecimal number with its exponent, inf/infinity, nan/nan(...)
+_C_FLOAT = re.compile(r"[+-]?(?:0x(?:[0-9a-f]+\.?[0-9a-f]*|\.[0-9a-f]+)(?:p[+-]?\d+)?|(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?"
+                      r"|inf(?:inity)?|nan(?:\([0-9a-z_]*\))?)", re.IGNORECASE)
+_ZERO_FRACTION = re.compile(r"\.0*")
+
+
+def _float_of(text: str) -> float:
+    """The value of a _C_FLOAT match."""
+    unsigned = text.lstrip("+-").lower()
+    if unsigned.startswith("0x"):
+        return float.fromhex(text)
+    if unsigned.startswith("nan"):
+        return math.nan
+    return float(text)
 
 
 class CfgError(ValueError):
@@ -72,6 +92,7 @@ class Section:
     options: Dict[str, Option] = field(default_factory=dict)
     used: set = field(default_factory=set)
     written_type: str = ""
+    warned: set = field(default_factory=set)  # options whose left-over text was already reported
 
     # ---- locating errors -------------------------------------------------------------------------------------
     def error(self, message: str, key: Optional[str] = None) -> CfgError:
@@ -96,41 +117,67 @@ class Section:
         value = self.raw(key)
         if value is None or value == "":
             return default
-        try:
-            return int(value)
-        except ValueError:
-            try:  # Darknet reads ints with atoi; "1.0" is written in some cfgs and means 1
-                as_float = float(value)
-            except ValueError:
-                raise self.error(f"'{value}' is not an integer", key) from None
-            if as_float != int(as_float):
-                raise self.error(f"'{value}' is not an integer", key)
-            return int(as_float)
+        return self._c_int(key, value, value)
 
     def get_float(self, key: str, default: Optional[float] = None) -> Optional[float]:
         value = self.raw(key)
         if value is None or value == "":
             return default
-        try:
-            return float(value)
-        except ValueError:
-            raise self.error(f"'{value}' is not a number", key) from None
+        return self._c_float(key, value, value)
 
     def get_int_list(self, key: str, default: Optional[List[int]] = None) -> Optional[List[int]]:
-        return self._list(key, default, int, "integers")
+        return self._list(key, default, self._c_int)
 
     def get_float_list(self, key: str, default: Optional[List[float]] = None) -> Optional[List[float]]:
-        return self._list(key, default, float, "numbers")
+        return self._list(key, default, self._c_float)
 
-    def _list(self, key, default, convert, what):
+    def _list(self, key, default, read):
         value = self.raw(key)
         if value is None or value == "":
             return default
-        items = [v for v in value.split(",") if v != ""]  # Darknet tolerates a trailing comma
-        try:
-            return [convert(v) for v in items]
-        except ValueError:
-            raise self.error(f"'{value}' is not a comma-separated list of {what}", key) from None
+        return [read(key, item, value) for item in value.split(",") if item != ""]  # a trailing comma is fine
+
+    # ---- numbers as Darknet's atoi / atof read them --------------------------------------------------------------
+    def _c_int(self, key: str, text: str, whole: str) -> int:
+        """atoi: the leading integer of `text` ('1e2' -> 1, '.2' -> 0). Text with no number at all, and values
+        outside C's int (Darknet would wrap them into nonsense), are errors."""
+        match = _C_INT.match(text)
+        if match is None:
+            if _C_FLOAT.match(text) is None:
+                raise self.error(f"'{whole}' is not an integer", key)
+            self._note_left_over(key, whole, text, text, 0)  # '.5': a number, but atoi stops before it
+            return 0
+        number = int(match.group())
+        if not C_INT_MIN <= number <= C_INT_MAX:
+            raise self.error(f"'{whole}' is too large: Darknet reads integers as a C int ({C_INT_MIN} to "
+                             f"{C_INT_MAX})", key)
+        rest = text[match.end():]
+        if rest and _ZERO_FRACTION.fullmatch(rest) is None:  # '1.0' means 1 to atoi and to the author alike
+            self._note_left_over(key, whole, text, rest, number)
+        return number
+
+    def _c_float(self, key: str, text: str, whole: str) -> float:
+        """atof: the leading number of `text` ('0.5x' -> 0.5); no number at all, and inf or nan, are errors."""
+        match = _C_FLOAT.match(text)
+        if match is None:
+            raise self.error(f"'{whole}' is not a number", key)
+        number = _float_of(match.group())
+        if not math.isfinite(number):
+            raise self.error(f"'{whole}' is not a finite number", key)
+        if match.end() < len(text):
+            self._note_left_over(key, whole, text, text[match.end():], number)
+        return number
+
+    def _note_left_over(self, key: str, whole: str, text: str, rest: str, number: Union[int, float]) -> None:
+        """One CfgWarning per option whose text holds more than the number Darknet reads from it."""
+        if key in self.warned:
+            return
+        self.warned.add(key)
+        item = f" (in '{whole}')" if text != whole else ""
+        warnings.warn(CfgWarning(f"{self.file}:{self.options[key].line}: [{self.written_type or self.type}] "
+                                 f"option '{key}': Darknet reads '{text}'{item} as {number:g} (it stops at "
+                                 f"'{rest}')"),
+                      stacklevel=4)
 
     def unused(self) -> List[Tuple[str, Option]]:
         return [(k, o) for k, o in self.options.items() if k not in self.used]
@@ -155,6 +202,7 @@ def parse_cfg(path: Union[str, Path]) -> List[Section]:
 
 def parse_cfg_text(text: str, file: str = "<cfg>") -> List[Section]:
     sections: List[Section] = []
+    text = text[1:] if text.startswith("\ufeff") else text  # a UTF-8 byte-order mark some editors write
     for number, original in enumerate(text.splitlines(), start=1):
         line = "".join(original.split())  # Darknet's strip(): every white-space character goes
         if not line or line[0] in "#;":

@@ -1,5 +1,6 @@
 """The `darkpy` command: one subcommand per module, each exposing `add_arguments(parser)` and `run(args) -> int`."""
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -79,10 +80,34 @@ def main(argv: Optional[List[str]] = None) -> int:
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
     try:
-        return int(module.run(args) or 0)
+        code = int(module.run(args) or 0)
+        sys.stdout.flush()  # a full disk behind stdout shows here, not in Python's exit
+        return code
     except BrokenPipeError:  # output piped into `head` and closed early: not an error of the command
         sys.stderr.close()
         return 0
+    except OSError as error:
+        if not _is_output_failure(error):
+            raise
+        _stdout_to_null()
+        print(f"darkpy {name}: error: cannot write to the standard output: {error.strerror}", file=sys.stderr)
+        return 1
+
+
+def _is_output_failure(error: OSError) -> bool:
+    """An OSError that reached the front end without a file name and saying the disk is full or failing: a write
+    to stdout (the commands catch and name the failures of the files they write themselves)."""
+    return error.filename is None and error.errno in (errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT)
+
+
+def _stdout_to_null() -> None:
+    """Point stdout at the null device, so that Python's own flush at exit does not fail a second time."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured): nothing is flushed at exit
+        pass
 
 
 def run_command(name: str, argv: Optional[List[str]] = None) -> int:

@@ -6,6 +6,7 @@ a bad label line is reported with its file and line and skipped instead of silen
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections import OrderedDict
@@ -63,6 +64,16 @@ class DataConfig:
         line = self.lines.get(key)
         return f"{self.path}:{line}" if line else self.path
 
+    def get_positive_int(self, key: str, default: int) -> int:
+        """An integer option (savelast=, saveweights=) as darknet's atoi reads it; anything but a positive
+        number is a DataError naming the file and line."""
+        if key not in self.options:
+            return default
+        value = _atoi(self.options[key])
+        if value is None or value <= 0:
+            raise DataError(f"{self.where(key)}: {key} must be a positive integer, got {self.options[key]!r}")
+        return value
+
     def resolve(self, key: str) -> Optional[str]:
         """The path a key names, resolved as darknet opens it (see resolve_path); None if the key is absent."""
         value = self.options.get(key)
@@ -108,11 +119,7 @@ def read_option_lines(path: str) -> Tuple["OrderedDict[str, str]", Dict[str, int
     error line");
     a line without `=` is kept as a key with an empty value; duplicate keys: the first one wins.
     """
-    try:
-        with open(path, "r", encoding="utf-8", errors="replace") as handle:
-            raw_lines = handle.read().splitlines()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot open the .data file ({exc.strerror})") from None
+    raw_lines = _read_text(path, ".data file", newline=None).splitlines()
     options: "OrderedDict[str, str]" = OrderedDict()
     line_numbers: Dict[str, int] = {}
     for number, raw in enumerate(raw_lines, start=1):
@@ -170,12 +177,19 @@ def resolve_path(p: str, relative_to_file: str) -> str:
 
 # --------------------------------------------------------------------------------------------- names, lists
 
-def _read_text_lines(path: str, what: str) -> List[str]:
+def _read_text(path: str, what: str, newline: Optional[str]) -> str:
+    """The text of a dataset file; a device or a pipe (/dev/zero would be read forever) is refused."""
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        raise DataError(f"{path}: cannot open the {what} (not a regular file)")
     try:
-        with open(path, "r", encoding="utf-8", errors="replace", newline="") as handle:
-            text = handle.read()
+        with open(path, "r", encoding="utf-8", errors="replace", newline=newline) as handle:
+            return handle.read()
     except OSError as exc:
         raise DataError(f"{path}: cannot open the {what} ({exc.strerror})") from None
+
+
+def _read_text_lines(path: str, what: str) -> List[str]:
+    text = _read_text(path, what, newline="")
     # darknet's fgetl strips the LF and a CR before it; split on LF only so that nothing else is trimmed.
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -345,9 +359,11 @@ def read_labels(path: str, classes: Optional[int], problems: Optional[DataProble
     """Boxes of a YOLO label file as a float32 (N, 5) array [class, x_center, y_center, width, height].
 
     Darknet's `read_boxes` reads `%d %f %f %f %f` until a line fails to parse. Here every line is checked:
-    a line with a wrong column count, an unparsable number, a class id outside [0, classes) or a coordinate
-    outside [0, 1] is reported (file:line) to `problems` and that box skipped; empty lines are ignored. A
-    missing file gives no boxes and one "missing label file" problem (darknet: "Can't open label file").
+    a line with a wrong column count, an unparsable or non-finite number, or a class id outside [0, classes) is
+    reported (file:line) to `problems` and that box skipped; empty lines are ignored. A coordinate outside
+    [0, 1] is reported too but the box is kept, as Darknet keeps it: training clips it to the image (or drops
+    it when it lies wholly outside; darkpy.training.augment.place_truths), map uses it as it is. A missing file
+    gives no boxes and one "missing label file" problem (darknet: "Can't open label file").
     """
     boxes: List[Tuple[int, float, float, float, float]] = []
     try:
@@ -362,29 +378,34 @@ def read_labels(path: str, classes: Optional[int], problems: Optional[DataProble
         if not fields:
             continue
         box, kind, reason = _parse_label_line(fields)
+        keep = box is not None
         if box is not None:
-            kind, reason = _check_box(box, classes)
-        if kind:
-            if problems is not None:
-                problems.warn(kind, f"{path}:{number}: {reason}; box skipped")
-            continue
-        boxes.append(box)  # type: ignore[arg-type]
+            kind, reason, keep = _check_box(box, classes)
+        if kind and problems is not None:
+            outcome = "kept, as Darknet keeps it" if keep else "box skipped"
+            problems.warn(kind, f"{path}:{number}: {reason}; {outcome}")
+        if keep:
+            boxes.append(box)  # type: ignore[arg-type]
     if not boxes:
         return np.zeros((0, 5), dtype=np.float32)
     return np.asarray(boxes, dtype=np.float32).reshape(-1, 5)
 
 
-def _check_box(box: Tuple[int, float, float, float, float], classes: Optional[int]) -> Tuple[str, str]:
+def _check_box(box: Tuple[int, float, float, float, float], classes: Optional[int]) -> Tuple[str, str, bool]:
+    """The problem kind and reason of a parsed box ("" when none), and whether the box is kept."""
     class_id, x, y, w, h = box
     if class_id < 0 or (classes is not None and class_id >= classes):
         upper = f"0..{classes - 1}" if classes is not None else "0 or more"
-        return BAD_CLASS_ID, f"class id {class_id} is outside {upper}"
-    outside = [name for name, value in zip(("x_center", "y_center", "width", "height"), (x, y, w, h))
-               if not 0.0 <= value <= 1.0]  # also catches nan
+        return BAD_CLASS_ID, f"class id {class_id} is outside {upper}", False
+    coordinates = dict(zip(("x_center", "y_center", "width", "height"), (x, y, w, h)))
+    described = f"(x={x:g} y={y:g} w={w:g} h={h:g}; label coordinates are relative to the image)"
+    infinite = [name for name, value in coordinates.items() if not math.isfinite(value)]
+    if infinite:
+        return BAD_COORDINATES, f"{', '.join(infinite)} not a finite number {described}", False
+    outside = [name for name, value in coordinates.items() if not 0.0 <= value <= 1.0]
     if outside:
-        return BAD_COORDINATES, (f"{', '.join(outside)} outside [0,1] "
-                                 f"(x={x:g} y={y:g} w={w:g} h={h:g}; label coordinates are relative to the image)")
-    return "", ""
+        return BAD_COORDINATES, f"{', '.join(outside)} outside [0,1] {described}", True
+    return "", "", True
 
 
 def report_missing_image(problems: Optional[DataProblems], image_path: str, reason: str = "cannot be read") -> None:

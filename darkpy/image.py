@@ -28,8 +28,14 @@ def load_image(path: Union[str, Path]) -> np.ndarray:
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
     # np.fromfile + imdecode also reads paths that cv2.imread cannot (non-ASCII names on some platforms).
-    data = np.fromfile(str(path), dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as error:  # no read permission, an I/O error: one image, never the whole run
+        raise ImageError(f"{path}: cannot read the image file: {error.strerror or error}") from None
+    try:
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error:  # OpenCV refuses some images outright (e.g. more pixels than its limit) instead of None
+        bgr = None
     if bgr is None:
         raise ImageError(f"{path}: cannot decode the file as an image")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -1,16 +1,23 @@
 """The network built from a cfg: Darknet(nn.Module) (src/parser.c parse_network_cfg, src/network.c)."""
+import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from darkpy.cfg import Section, mark_net_options_read, parse_cfg, warn_unused
+from darkpy.cfg import C_INT_MAX, Section, mark_net_options_read, parse_cfg, warn_unused
 from darkpy.heads import Head as _Head
 from darkpy.layers import LAYER_TYPES, UNSUPPORTED, BuildContext, Layer
 from darkpy.weights import LoadReport, WeightsError, count_floats, load_weights, save_weights
 
 ModelOutput = Union[List[torch.Tensor], torch.Tensor]
+
+
+def _size_of(error: BaseException) -> str:
+    """' (216.0 GB)' from PyTorch's "you tried to allocate 216000000000 bytes"; '' when it does not say."""
+    match = re.search(r"allocate (\d+) bytes", str(error))
+    return f" ({int(match.group(1)) / 1e9:.1f} GB)" if match else ""
 
 
 class Darknet(nn.Module):
@@ -31,6 +38,9 @@ class Darknet(nn.Module):
         self.width = self._size(net, "width", width)
         self.height = self._size(net, "height", height)
         self.channels = self._size(net, "channels", None)
+        if self.width * self.height * self.channels > C_INT_MAX:  # checked before anything is allocated
+            raise net.error(f"a {self.width}x{self.height}x{self.channels} input has more values than Darknet's "
+                            f"int counts ({C_INT_MAX}): it cannot be built", "width")
         self.letter_box = bool(net.get_int("letter_box", 0))
         self.seen = 0
         self.weights_version = None
@@ -74,7 +84,13 @@ class Darknet(nn.Module):
         if cls is None:
             raise section.error(f"unknown section type (Darknet: 'Type not recognized'); known: "
                                 f"{', '.join(sorted(LAYER_TYPES))}")
-        return cls(section, ctx)
+        try:
+            return cls(section, ctx)
+        except (MemoryError, RuntimeError) as error:  # the allocator refused the layer's arrays: nothing was made
+            if not isinstance(error, MemoryError) and "allocate" not in str(error):
+                raise
+            raise section.error(f"cannot be built: its arrays need more memory than there is{_size_of(error)}"
+                                f"; check its sizes (filters, size, output...)") from None
 
     @classmethod
     def from_cfg(cls, path: Union[str, Path], width: Optional[int] = None,

@@ -5,14 +5,18 @@ uint32. Connected-layer weights are stored transposed when major or minor > 1000
 layer in cfg order, in the order each layer's `darknet_arrays()` lists them.
 
 A file that ends exactly between two layers is a partial file (`*.conv.N`): loading stops there and reports
-how many layers were filled. A file that ends inside a layer, or that has floats left over, is an error.
+how many layers were filled. A file that ends inside a layer, or that has floats left over, is an error. The
+report also names the first layer holding NaN or infinite values: Darknet loads them silently, and the network
+then answers nonsense. Whether a partial or non-finite file is acceptable is the caller's rule (`refuse_unusable`
+is inference's; training accepts a partial backbone).
 """
 import os
+import re
 import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -58,10 +62,30 @@ class LoadReport:
     layers_with_weights: int
     last_layer: int  # index of the last layer filled, -1 if none
     floats: int
+    nonfinite_layer: Optional[str] = None  # "layer 3 ([convolutional], a.cfg:12)": the first holding NaN or inf
 
     @property
     def complete(self) -> bool:
         return self.layers_loaded == self.layers_with_weights
+
+    def nonfinite_message(self) -> Optional[str]:
+        """What is wrong when a layer holds NaN or infinite values; None when every value is finite."""
+        if self.nonfinite_layer is None:
+            return None
+        return (f"{self.path}: {self.nonfinite_layer} holds NaN or infinite values: the file is corrupt (or "
+                f"training diverged when it was written)")
+
+    def refuse_unusable(self, allow_partial: bool = False) -> None:
+        """Inference's rule: weights with NaN or infinite values are refused, and so is a partial file (its
+        remaining layers would keep their random initialisation and detect nonsense) unless allow_partial."""
+        message = self.nonfinite_message()
+        if message is not None:
+            raise WeightsError(message)
+        if not self.complete and not allow_partial:
+            raise WeightsError(
+                f"{self.path}: a partial weights file: it fills {self.layers_loaded} of the {self.layers_with_weights}"
+                f" layers with weights (the file ends after layer {self.last_layer}); the others would keep their "
+                f"random initialisation. Use the full weights, or --allow-partial to run anyway")
 
     @property
     def seen(self) -> int:
@@ -106,6 +130,8 @@ def load_weights(layers: Sequence[Any], path: Union[str, Path], partial: bool = 
     file, as load_weights_upto does; see the module docstring for the rules. With `partial`, floats left over
     after the last layer are not an error (`darknet partial` reads only the first N layers of a full file)."""
     path = str(path)
+    if Path(path).exists() and not Path(path).is_file():  # /dev/zero would be read until memory runs out
+        raise WeightsError(f"{path}: not a regular file")
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -116,12 +142,15 @@ def load_weights(layers: Sequence[Any], path: Union[str, Path], partial: bool = 
         raise WeightsError(f"{path}: {payload} bytes after the header is not a whole number of float32 values "
                            f"(the file is truncated or not a Darknet weights file)")
     floats = np.frombuffer(data, dtype="<f4", offset=header.size)
-    offset, loaded, last = 0, 0, -1
+    offset, loaded, last, nonfinite = 0, 0, -1, None
     with_weights = [layer for layer in layers if layer.darknet_arrays() and not layer.dontload]
     for layer in with_weights:
         if offset == len(floats):
             break  # a partial file (*.conv.N) stops between two layers
+        start = offset
         offset = _fill_layer(layer, floats, offset, header.transpose, path, layers)
+        if nonfinite is None and not np.isfinite(floats[start:offset]).all():
+            nonfinite = f"layer {layer.index} ([{layer.type}], {_location(layer)})"
         loaded += 1
         last = layer.index
     if offset < len(floats) and not partial:
@@ -129,7 +158,7 @@ def load_weights(layers: Sequence[Any], path: Union[str, Path], partial: bool = 
         raise WeightsError(f"{path}: {len(floats) - offset} floats are left over: the cfg "
                            f"{cfg_path} needs {offset} floats, the file has {len(floats)} (wrong cfg for these "
                            f"weights, or wrong classes/filters?)")
-    return LoadReport(path, header, loaded, len(with_weights), last, offset)
+    return LoadReport(path, header, loaded, len(with_weights), last, offset, nonfinite)
 
 
 def _fill_layer(layer: Any, floats: np.ndarray, offset: int, transpose: bool, path: str,
@@ -170,7 +199,8 @@ def save_weights(layers: Sequence[Any], path: Union[str, Path], seen: int = 0,
     if not header.seen_is_64bit or header.transpose:
         header = WeightsHeader(*DEFAULT_VERSION, seen=header.seen)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent) or ".")
+    # the writer's process id in the name tells a killed write's leftover from one still being written
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp", dir=str(path.parent) or ".")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(header.pack())
@@ -185,3 +215,33 @@ def save_weights(layers: Sequence[Any], path: Union[str, Path], seen: int = 0,
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+_TEMPORARY_NAME = re.compile(r"\.weights\.(\d+)\.[^.]+\.tmp$")  # save_weights' temporary files: NAME.PID.RANDOM.tmp
+
+
+def remove_orphaned_temporaries(folder: Union[str, Path]) -> List[Path]:
+    """Delete the temporary files that save_weights calls killed mid-write left in `folder` (those whose writing
+    process no longer runs here; on POSIX only, where that can be asked); returns the files removed."""
+    if os.name != "posix" or not Path(folder).is_dir():
+        return []
+    removed = []
+    for candidate in Path(folder).iterdir():
+        match = _TEMPORARY_NAME.search(candidate.name)
+        if match and candidate.is_file() and not _process_runs(int(match.group(1))):
+            try:
+                candidate.unlink()
+                removed.append(candidate)
+            except OSError:
+                pass  # removed by someone else meanwhile, or not ours to remove
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

@@ -424,7 +424,9 @@ def test_bad_data_is_counted_never_fatal(messy_dataset):
             assert image.shape == (3, 64, 96) and image.dtype == torch.float32
             assert 0 <= float(image.min()) and float(image.max()) <= 1
             assert truths.shape == (200, 5) and reported == []  # main process: recorded at once
-    assert problems.counts() == {MISSING_IMAGE: 1, MISSING_LABEL_FILE: 1, BAD_CLASS_ID: 1, BAD_COORDINATES: 2,
+    # BAD_COORDINATES 3: x = 1.5 is reported when read (kept, as read_boxes keeps it, #16) and when training
+    # drops it (wholly outside the image, Darknet's "Wrong annotation"), and the box at 0, 0
+    assert problems.counts() == {MISSING_IMAGE: 1, MISSING_LABEL_FILE: 1, BAD_CLASS_ID: 1, BAD_COORDINATES: 3,
                                  BAD_COLUMN_COUNT: 1, UNPARSABLE: 1}
     # the negative has no truths; the bad label file keeps its one good box
     _, truths, _ = dataset[SampleKey(3, 96, 64)]

@@ -163,7 +163,9 @@ def test_bad_labels_are_reported_and_skipped(tmp_path):
     ))
     problems = DataProblems()
     labels = read_labels(path, 3, problems)
-    np.testing.assert_array_equal(labels, np.float32([[0, 0.5, 0.5, 0.2, 0.2], [2, 1, 0, 1, 1]]))
+    # lines 5 and 6 (coordinates outside [0,1]) are reported but kept, as Darknet's read_boxes keeps them (#16)
+    np.testing.assert_array_equal(labels, np.float32([[0, 0.5, 0.5, 0.2, 0.2], [1, 1.5, 0.5, 0.2, 0.2],
+                                                      [1, 0.5, 0.5, 0.2, -0.1], [2, 1, 0, 1, 1]]))
     assert problems.counts() == {BAD_CLASS_ID: 2, BAD_COORDINATES: 2, BAD_COLUMN_COUNT: 2, UNPARSABLE: 2}
     lines = [message.split(": ")[0] for messages in problems.messages.values() for message in messages]
     assert sorted(int(line.rsplit(":", 1)[1]) for line in lines) == [3, 4, 5, 6, 7, 8, 9, 10]

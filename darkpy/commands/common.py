@@ -13,6 +13,7 @@ Exit codes, as C Darknet's tools and argparse use them:
 The message is `darkpy COMMAND: error: MESSAGE` on stderr, MESSAGE being the error's own text.
 """
 import argparse
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -33,6 +34,22 @@ class UsageError(ValueError):
     """An argument value the command cannot use: exit code 2."""
 
 
+def finite_float(text: str) -> float:
+    """argparse type of thresholds: a finite number (nan would silently keep or drop every detection)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type of a learning rate: a finite number above 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not above 0")
+    return value
+
+
 def fail(command: str, error: BaseException, code: Optional[int] = None) -> int:
     """Print the error as `darkpy COMMAND: error: ...` and return its exit code (see the module docstring)."""
     print(f"darkpy {command}: error: {error}", file=sys.stderr)
@@ -47,10 +64,18 @@ def require_file(path: str, what: str) -> None:
         raise FileNotFoundError(f"{path}: {what} file not found")
 
 
+def add_allow_partial(parser: argparse.ArgumentParser) -> None:
+    """--allow-partial, for the commands that run a network on its weights (detect, map, export)."""
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="run on a partial weights file (*.conv.N, or one that ends between two layers): the "
+                             "layers it does not fill keep their random initialisation")
+
+
 def load_model(cfg: str, weights: Optional[str] = None, width: Optional[int] = None, height: Optional[int] = None,
-               cfg_warnings: str = "warn", command: str = "") -> Darknet:
+               cfg_warnings: str = "warn", command: str = "", allow_partial: bool = False) -> Darknet:
     """Build the cfg's network (at width x height when given; Darknet's parse_network_cfg) and load its
-    weights when given (load_weights), after checking that both files exist.
+    weights when given (load_weights), after checking that both files exist. Weights holding NaN or infinite
+    values are refused, and so is a partial file unless allow_partial (Darknet runs on both silently).
 
     cfg_warnings decides what happens to the cfg's CfgWarnings (Darknet's "Unused field" notes): "warn" leaves
     them to Python's warnings, "ignore" drops them (commands for which unused keys change nothing), "print"
@@ -63,7 +88,7 @@ def load_model(cfg: str, weights: Optional[str] = None, width: Optional[int] = N
     else:
         model = _build_quietly(cfg, width, height, print_as=command if cfg_warnings == "print" else None)
     if weights is not None:
-        model.load_weights(weights)
+        model.load_weights(weights).refuse_unusable(allow_partial)
     return model
 
 
@@ -92,8 +117,9 @@ def build_detector(args: argparse.Namespace) -> Tuple[Darknet, Detector]:
     """The network of --cfg/--weights (--width/--height) ready for detection as Darknet loads a detector
     (batch norm folded into the convolutions, eval mode), on --device in channels_last (float16 with --half on
     CUDA), wrapped in a Detector (--letter-box forces letterboxing; otherwise the cfg's [net] letter_box
-    decides; --batch images per forward pass). Without --weights: the cfg's random initialisation."""
-    model = load_model(args.cfg, args.weights or None, args.width, args.height)
+    decides; --batch images per forward pass). Without --weights: the cfg's random initialisation; a partial
+    --weights file only with --allow-partial."""
+    model = load_model(args.cfg, args.weights or None, args.width, args.height, allow_partial=args.allow_partial)
     half = bool(getattr(args, "half", False))  # only `detect` has --half
     ready_for_inference(model, args.device, half)
     detector = Detector(model, device=None, half=half, letter_box=True if args.letter_box else None,

@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
@@ -21,7 +22,17 @@ import numpy as np
 from tqdm import tqdm
 
 from darkpy.boxes import Detection, best_shown_class, detection_lines
-from darkpy.commands.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, INPUT_ERRORS, UsageError, build_detector, fail
+from darkpy.commands.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    INPUT_ERRORS,
+    UsageError,
+    add_allow_partial,
+    build_detector,
+    fail,
+    finite_float,
+)
 from darkpy.data import check_names_count, darknet_label_path, read_data_config, read_names
 from darkpy.evaluation.inference import (
     LIST_EXTENSIONS,
@@ -55,13 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"input when it is a file or a pipe, as darknet's `< list.txt`, else {DEFAULT_SOURCE})")
     parser.add_argument("--cfg", default=DEFAULT_CFG, help=f"network cfg (default: {DEFAULT_CFG})")
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"darknet weights (default: {DEFAULT_WEIGHTS})")
+    add_allow_partial(parser)
     names = parser.add_mutually_exclusive_group()
     names.add_argument("--names", default=None, help=f"class names, one per line (default: {DEFAULT_NAMES})")
     names.add_argument("--data", default=None, help="a darknet .data file; its names= gives the class names")
-    parser.add_argument("--thresh", type=float, default=0.25, help="probability threshold (default: 0.25)")
-    parser.add_argument("--hier", type=float, default=0.5,
+    parser.add_argument("--thresh", type=finite_float, default=0.25, help="probability threshold (default: 0.25)")
+    parser.add_argument("--hier", type=finite_float, default=0.5,
                         help="hierarchy threshold, [region] softmax trees only (default: 0.5)")
-    parser.add_argument("--nms", type=float, default=0.45, help="NMS threshold, 0 to disable (default: 0.45)")
+    parser.add_argument("--nms", type=finite_float, default=0.45, help="NMS threshold, 0 to disable (default: 0.45)")
     parser.add_argument("--letter-box", action="store_true",
                         help="letterbox the image into the network input (also on when [net] letter_box=1)")
     parser.add_argument("--width", type=int, default=None, help="network width (default: the cfg's)")
@@ -175,23 +187,60 @@ def json_record(frame_id: int, filename: str, detections: Sequence[Detection], n
 
 def label_lines(detections: Sequence[Detection], thresh: float, confidence: bool = True) -> List[str]:
     """YOLO-format lines for the best class above thresh of each box: `class x y w h confidence` (--save-txt),
-    or without the confidence exactly as Darknet's -save_labels writes them (`%d %2.4f %2.4f %2.4f %2.4f`),
-    a label file that training and map read back."""
+    or without the confidence in Darknet's -save_labels format (`%d %2.4f %2.4f %2.4f %2.4f`): a label file that
+    training and map read back. A box that crosses the image's border is cut to the image, so that the file is
+    a valid label file (Darknet writes it as it is, outside [0, 1])."""
     lines = []
     for det in detections:
         above = np.where(det.probs > np.float32(thresh), det.probs, 0)
         if not above.any():
             continue
         best = int(np.argmax(above))
+        left, right = np.clip([det.x - det.w / 2, det.x + det.w / 2], 0.0, 1.0)
+        top, bottom = np.clip([det.y - det.h / 2, det.y + det.h / 2], 0.0, 1.0)
+        box = ((left + right) / 2, (top + bottom) / 2, right - left, bottom - top)
         if confidence:
-            lines.append("%d %.6f %.6f %.6f %.6f %.6f" % (best, det.x, det.y, det.w, det.h, float(det.probs[best])))
+            lines.append("%d %.6f %.6f %.6f %.6f %.6f" % (best, *box, float(det.probs[best])))
         else:
-            lines.append("%d %2.4f %2.4f %2.4f %2.4f" % (best, det.x, det.y, det.w, det.h))
+            lines.append("%d %2.4f %2.4f %2.4f %2.4f" % (best, *box))
     return lines
 
 
+def _unwritable(path: Path, error: OSError) -> OSError:
+    """An OSError whose message names the file first and then the reason (OSError's own puts the path last)."""
+    return OSError(f"{path}: cannot write: {error.strerror or error}")
+
+
+def _writable_folder(folder: Path) -> Path:
+    """Create the folder and check that a file can be written there, before any image is processed."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise _unwritable(folder, error) from None
+    return folder
+
+
+def _write_image(path: Path, image: np.ndarray) -> None:
+    """cv2.imwrite says only by its result that it failed: made an OSError naming the file."""
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"{path}: cannot write the annotated image (a full disk, or a read-only folder?)")
+
+
+def _remove_partial(path: Path) -> None:
+    """Remove what a failed write left; only a plain file (never a device such as /dev/full, or a folder)."""
+    try:
+        if path.is_file():
+            path.unlink()
+    except OSError:
+        pass  # not removable: the failure itself is already reported
+
+
 class OutputWriter:
-    """Annotated images / videos, label files and the JSON file of one run."""
+    """Annotated images / videos, label files and the JSON file of one run. The folders and the JSON file are
+    checked when the writer is made (an OSError naming the path); a write that fails later is reported by name,
+    its partial file removed, and the run goes on (`failures` counts them for the exit code)."""
 
     def __init__(self, args, names: Sequence[str]):
         self.names, self.thresh = names, args.thresh
@@ -202,16 +251,27 @@ class OutputWriter:
         self.used_names: Dict[str, int] = {}
         self.stream_stems: Dict[str, str] = {}
         self.videos: Dict[str, cv2.VideoWriter] = {}
+        self.json_path = Path(args.out) if args.out else None
         self.json_file: Optional[TextIO] = None
         self.frames_written = 0
+        self.failures = 0
         if self.save_images or self.save_txt:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
+            _writable_folder(self.save_dir)
         if self.save_txt:
-            (self.save_dir / "labels").mkdir(exist_ok=True)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            self.json_file = open(args.out, "w", encoding="utf-8")
-            self.json_file.write("[\n")
+            _writable_folder(self.save_dir / "labels")
+        if self.json_path is not None:
+            try:
+                self.json_path.parent.mkdir(parents=True, exist_ok=True)
+                self.json_file = open(self.json_path, "w", encoding="utf-8")
+                self.json_file.write("[\n")
+            except OSError as error:
+                raise _unwritable(self.json_path, error) from None
+
+    def _failed(self, error: OSError, partial: Optional[Path]) -> None:
+        self.failures += 1
+        print(f"darkpy detect: error: {error}", file=sys.stderr)
+        if partial is not None:
+            _remove_partial(partial)
 
     def _unique_stem(self, source_path: str) -> str:
         """Output file stem for a source; a second source with the same stem gets _2, _3..."""
@@ -223,21 +283,14 @@ class OutputWriter:
     def write(self, frame, detections: Sequence[Detection]) -> None:
         stem = self._stem_for(frame)
         if self.save_images:
-            annotated = draw_detections(frame.image, detections, self.names, self.thresh)
-            if frame.source.kind == "image":
-                cv2.imwrite(str(self.save_dir / f"{stem}.jpg"), annotated)
-            else:
-                self._video_writer(frame, stem, annotated).write(annotated)
+            self._write_picture(frame, stem, draw_detections(frame.image, detections, self.names, self.thresh))
         if self.save_txt:
             name = stem if frame.source.kind == "image" else f"{stem}_{frame.frame_index:06d}"
-            lines = label_lines(detections, self.thresh)
-            (self.save_dir / "labels" / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
+            self._write_labels(self.save_dir / "labels" / f"{name}.txt", label_lines(detections, self.thresh))
         if self.save_labels and frame.source.kind == "image":
             self._save_label(frame.source.path, detections)
         if self.json_file is not None:
-            if self.frames_written:
-                self.json_file.write(", \n")
-            self.json_file.write(json_record(self.frames_written + 1, frame.name, detections, self.names))
+            self._write_json(json_record(self.frames_written + 1, frame.name, detections, self.names))
         self.frames_written += 1
 
     def _save_label(self, image_path: str, detections: Sequence[Detection]) -> None:
@@ -247,8 +300,40 @@ class OutputWriter:
             print(f"darkpy detect: error: {image_path}: no label path for this extension, label not saved",
                   file=sys.stderr)
             return
-        lines = label_lines(detections, self.thresh, confidence=False)
-        Path(path).write_text("".join(line + "\n" for line in lines))
+        self._write_labels(Path(path), label_lines(detections, self.thresh, confidence=False))
+
+    def _write_labels(self, path: Path, lines: Sequence[str]) -> None:
+        try:
+            path.write_text("".join(line + "\n" for line in lines))
+        except OSError as error:
+            self._failed(_unwritable(path, error), path)
+
+    def _write_picture(self, frame, stem: str, annotated: np.ndarray) -> None:
+        if frame.source.kind == "image":
+            path = self.save_dir / f"{stem}.jpg"
+            try:
+                _write_image(path, annotated)
+            except OSError as error:
+                self._failed(error, path)
+            return
+        video = self._video_writer(frame, stem, annotated)
+        if video is not None:
+            video.write(annotated)
+
+    def _write_json(self, record: str) -> None:
+        """One frame's record; after a failed write the JSON file is incomplete: removed, and no more written."""
+        try:
+            self.json_file.write((", \n" if self.frames_written else "") + record)
+        except OSError as error:
+            self._abandon_json(error)
+
+    def _abandon_json(self, error: OSError) -> None:
+        try:
+            self.json_file.close()
+        except OSError:
+            pass  # the same failure again, as the buffer is flushed
+        self.json_file = None
+        self._failed(_unwritable(self.json_path, error), self.json_path)
 
     def _stem_for(self, frame) -> str:
         """Images get one stem each; all frames of a video or camera share theirs."""
@@ -259,21 +344,27 @@ class OutputWriter:
             self.stream_stems[key] = self._unique_stem(frame.source.path)
         return self.stream_stems[key]
 
-    def _video_writer(self, frame, stem: str, annotated: np.ndarray) -> cv2.VideoWriter:
+    def _video_writer(self, frame, stem: str, annotated: np.ndarray) -> Optional[cv2.VideoWriter]:
+        """The stream's video writer; None (reported once) when it cannot be opened."""
         key = f"{frame.source.kind}:{frame.source.path}"
         if key not in self.videos:
             height, width = annotated.shape[:2]
-            path = str(self.save_dir / f"{stem}.mp4")
-            self.videos[key] = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), frame.fps or 25.0,
+            path = self.save_dir / f"{stem}.mp4"
+            self.videos[key] = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), frame.fps or 25.0,
                                                (width, height))
-        return self.videos[key]
+            if not self.videos[key].isOpened():
+                self._failed(OSError(f"{path}: cannot write the annotated video"), path)
+        return self.videos[key] if self.videos[key].isOpened() else None
 
     def close(self) -> None:
         for writer in self.videos.values():
             writer.release()
         if self.json_file is not None:
-            self.json_file.write("\n]\n")
-            self.json_file.close()
+            try:
+                self.json_file.write("\n]\n")
+                self.json_file.close()
+            except OSError as error:
+                self._abandon_json(error)
 
 
 # ============================================================================ the run
@@ -373,18 +464,22 @@ def _detect_all(detector: Detector, sources: List[Source], names: Sequence[str],
 
 
 def run(args: argparse.Namespace) -> int:
-    """`darkpy detect`: 0 when at least one image was processed, 1 when none could be, 2 when the network or
-    the class names cannot be set up (see darkpy.commands.common)."""
+    """`darkpy detect`: 0 when at least one image was processed and every output written, 1 when none could be
+    processed or an output could not be written, 2 when the network or the class names cannot be set up (see
+    darkpy.commands.common)."""
     try:
         specs = _source_specs(args.sources)
         names, detector = _setup(args)
     except INPUT_ERRORS as error:
         return fail("detect", error, EXIT_USAGE)  # tests/test_detect.py asserts 2 for a missing cfg
+    try:
+        writer = OutputWriter(args, names)
+    except OSError as error:  # --save-dir or --out cannot be written: nothing is run
+        return fail("detect", error)
     sources, errors = expand_sources(specs)
     for message in errors:
         print(f"darkpy detect: error: {message}, skipped", file=sys.stderr)
     bar = _progress_bar(sources, count_frames(sources), specs)
-    writer = OutputWriter(args, names)
     counts = _Counts()
     start = time.perf_counter()
     try:
@@ -399,7 +494,8 @@ def run(args: argparse.Namespace) -> int:
     rate = counts.processed / elapsed if elapsed > 0 else 0.0
     skipped = counts.failed + len(errors)
     print(f"{counts.processed} image(s) in {elapsed:.2f} s: {rate:.2f} images/s"
-          + (f"; {skipped} input(s) skipped" if skipped else ""))
+          + (f"; {skipped} input(s) skipped" if skipped else "")
+          + (f"; {writer.failures} output(s) could not be written" if writer.failures else ""))
     if counts.processed and not args.no_save:
         print(f"annotated results in {writer.save_dir}")
-    return EXIT_OK if counts.processed else EXIT_FAILED
+    return EXIT_OK if counts.processed and not writer.failures else EXIT_FAILED

@@ -3,7 +3,7 @@ import argparse
 import os
 from pathlib import Path
 
-from darkpy.commands.common import INPUT_ERRORS, UsageError, fail, load_model
+from darkpy.commands.common import INPUT_ERRORS, UsageError, add_allow_partial, fail, load_model
 from darkpy.export import (
     DEFAULT_OPSET,
     INPUT_NAME,
@@ -20,6 +20,7 @@ from darkpy.export import (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", required=True, help="the network's .cfg")
     parser.add_argument("--weights", required=True, help="its .weights")
+    add_allow_partial(parser)
     parser.add_argument("--format", default="onnx", choices=["onnx"], help="output format (default onnx)")
     parser.add_argument("--output", "-o", help="output file (default: the weights path with .onnx)")
     parser.add_argument("--width", type=int, help="network input width (default: the cfg's [net] width)")
@@ -42,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         return fail("export", UsageError(f"darkpy export needs the onnx package ({INSTALL_HINT})"))
     output = args.output or str(Path(args.weights).with_suffix(".onnx"))
     try:  # keys Darknet itself ignores are not reported here; `summary` is where they are listed
-        model = load_model(args.cfg, args.weights, args.width, args.height, cfg_warnings="ignore")
+        model = load_model(args.cfg, args.weights, args.width, args.height, cfg_warnings="ignore",
+                           allow_partial=args.allow_partial)
         names = export_onnx(model, output, opset=args.opset, dynamic_batch=args.dynamic_batch, decode=args.decode)
     except INPUT_ERRORS + (ExportError,) as error:
         return fail("export", error)

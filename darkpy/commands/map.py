@@ -10,7 +10,14 @@ import sys
 import time
 from typing import Sequence
 
-from darkpy.commands.common import INPUT_ERRORS, UsageError, build_detector, fail
+from darkpy.commands.common import (
+    INPUT_ERRORS,
+    UsageError,
+    add_allow_partial,
+    build_detector,
+    fail,
+    finite_float,
+)
 from darkpy.data import DataProblems, check_names_count
 from darkpy.evaluation.mapdata import MapDataset, accumulate_map, iterate_detections, load_map_dataset
 from darkpy.evaluation.metrics import (
@@ -28,12 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="darknet .data file (valid, names, optional difficult)")
     parser.add_argument("--cfg", required=True, help="network .cfg")
     parser.add_argument("--weights", help="darknet .weights (without it: the cfg's random initialisation)")
+    add_allow_partial(parser)
     parser.add_argument("--points", type=int, default=0,
                         help="AP method: 0 = area under the curve for each unique recall (default, VOC2010+), "
                              "11 = PascalVOC 2007, 101 = MS COCO")
-    parser.add_argument("--iou-thresh", type=float, default=0.5,
+    parser.add_argument("--iou-thresh", type=finite_float, default=0.5,
                         help="a detection is a TP when its IoU with a truth is above this (default .5)")
-    parser.add_argument("--thresh", type=float, default=0.25,
+    parser.add_argument("--thresh", type=finite_float, default=0.25,
                         help="confidence for the TP/FP, precision, recall, F1 and average IoU lines (default .25)")
     parser.add_argument("--letter-box", action="store_true",
                         help="letterbox the images (also on when the cfg's [net] has letter_box=1)")

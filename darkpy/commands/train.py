@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from darkpy.cfg import CfgError
+from darkpy.commands.common import positive_float
 from darkpy.data import DataError
 from darkpy.training.loss import LossError
 from darkpy.training.schedule import ScheduleError
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subdivisions", type=int, help="override [net] subdivisions")
     parser.add_argument("--width", type=int, help="override [net] width")
     parser.add_argument("--height", type=int, help="override [net] height")
-    parser.add_argument("--learning-rate", type=float, help="override [net] learning_rate")
+    parser.add_argument("--learning-rate", type=positive_float, help="override [net] learning_rate")
     parser.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
     parser.add_argument("--workers", type=int, default=None,
                         help="data-loading processes (default: 1 on the CPU, min(6, CPU count - 1) with CUDA; "
@@ -58,7 +59,8 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`darkpy train`: 0 when max_batches is reached, 130 after Ctrl-C (with _last saved), 1 on bad input."""
+    """`darkpy train`: 0 when max_batches is reached, 128 + the signal's number after Ctrl-C, SIGTERM or SIGHUP
+    (with _last saved), 1 on bad input or when data loading failed (with _last saved)."""
     try:
         trainer = Trainer(options_from_args(args))
     except (TrainError, CfgError, DataError, WeightsError, LossError, ScheduleError, OSError, ValueError) as error:

@@ -39,7 +39,10 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     if str(device).isdigit():
         device = f"cuda:{device}"
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device}: not a device name (auto, cpu, cuda or cuda:N)") from None
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device}: CUDA is not available on this machine (use --device cpu)")

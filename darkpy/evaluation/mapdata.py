@@ -59,6 +59,8 @@ def load_map_dataset(data_path: str) -> MapDataset:
     names_path = config.existing_file("names", DEFAULT_NAMES)
     assert list_path is not None and names_path is not None
     image_paths = [resolve_path(path, list_path) for path in read_image_list(list_path)]
+    if not image_paths:
+        raise DataError(f"{list_path}: the valid list has no images")
     difficult_list = config.existing_file("difficult", None)
     difficult_paths = None
     if difficult_list is not None:

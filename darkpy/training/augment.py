@@ -194,8 +194,8 @@ def place_truths(labels: np.ndarray, window: CropWindow, flip: bool, net_w: int,
     if rng is not None and len(labels) > 1:
         labels = labels[rng.permutation(len(labels))]
     cls, x, y, w, h = (labels[:, i] for i in range(5))
-    # correct_boxes marks these as 999999 ("Wrong annotation: x = 0 or y = 0"); read_labels already rejects the
-    # other case it marks (a box wholly outside [0, 1]).
+    # correct_boxes marks these as 999999 ("Wrong annotation: x = 0 or y = 0"): a box at the origin, and one wholly
+    # outside [0, 1] (read_labels keeps boxes with coordinates outside [0, 1], as read_boxes does).
     marked = ((x == 0) & (y == 0)) | (x + w / 2 < 0) | (y + h / 2 < 0) | (x - w / 2 > 1) | (y - h / 2 > 1)
 
     sx = F32(window.width) / F32(window.ow)

@@ -81,8 +81,8 @@ def build_training(options: TrainOptions, dist: Distributed, say: Callable[[str]
         device=device, workers=workers, threads_before=threads_before, seed=seed, model=model,
         frozen_layers=frozen_layers, start=start, start_iteration=start.seen // settings.images_per_iteration,
         settings=settings, backup=backup, train_set=train_set,
-        save_every=int(data.options.get("saveweights", 10000 if settings.max_batches >= 10000 else 1000)),
-        save_last_every=int(data.options.get("savelast", 100)),
+        save_every=data.get_positive_int("saveweights", 10000 if settings.max_batches >= 10000 else 1000),
+        save_last_every=data.get_positive_int("savelast", 100),
         loss=loss, optimizer=optimizer, ema=ema, amp=amp, scaler=torch.amp.GradScaler("cuda", enabled=amp))
 
 
@@ -150,7 +150,12 @@ def _read_train_list(data: DataConfig, settings: TrainSettings, backup: Path, cl
     if not paths:
         raise TrainError(f"{train_list}: the train list has no images")
     if main and not backup.is_dir():
-        backup.mkdir(parents=True, exist_ok=True)
+        try:
+            backup.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a file of that name, or a read-only parent
+            where = data.where("backup") if "backup" in data.options else data.path
+            raise TrainError(f"{where}: the backup folder {backup} cannot be made: "
+                             f"{'a file has that name' if backup.exists() else error.strerror}") from None
         say(f" created the backup folder {backup}")
     if data.classes is not None and data.classes != classes:
         say(f" warning: {data.where('classes')}: classes={data.classes}, but the cfg's last layer has "

@@ -2,6 +2,7 @@
 average loss (blue dots) and mAP (red line) against iterations, saved as chart.png every 100 iterations."""
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Sequence, Tuple
@@ -65,8 +66,18 @@ class Chart:
         return img
 
     def save(self, paths: Sequence[Path], footer: str) -> None:
+        """Write the chart to each path through a temporary file of a unique name (a fixed name could be a
+        link planted in a shared folder); an OSError names the chart file that could not be written."""
         img = self.draw(footer)
         for path in paths:
-            tmp = path.with_name(path.name + ".tmp.png")
-            cv2.imwrite(str(tmp), img)
-            os.replace(tmp, path)
+            tmp = ""
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.png", dir=str(path.parent))
+                os.close(fd)
+                if not cv2.imwrite(tmp, img):
+                    raise OSError("the image could not be written (a full disk?)")
+                os.replace(tmp, path)
+            except OSError as error:
+                if tmp and os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise OSError(f"{path}: cannot write the chart: {error.strerror or error}") from None

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
-import torch
 
 from darkpy.data import DataConfig, read_data_config, resolve_path
 from darkpy.training.schedule import WeightsEma
 from darkpy.training.settings import TrainError, TrainOptions
-from darkpy.weights import LoadReport
+from darkpy.weights import LoadReport, remove_orphaned_temporaries
 
 DEFAULT_BACKUP = "/backup/"  # train_detector's option_find_str default
 SNAPSHOT_NAME = re.compile(r"_(last|final|best|ema|\d+)\.weights$")
@@ -99,16 +98,10 @@ def load_start_weights(model, options: TrainOptions, backup: Path) -> StartWeigh
             f"{path}: the snapshot is truncated: it holds {report.layers_loaded} of the "
             f"{report.layers_with_weights} layers with weights of {options.cfg} ({report.floats} floats). "
             f"A snapshot written by darkpy or Darknet holds them all; use an earlier snapshot")
-    _check_finite(model, path)
+    nonfinite = report.nonfinite_message()
+    if nonfinite is not None:
+        raise TrainError(nonfinite)
     return StartWeights(path, report, 0 if options.clear else int(report.header.seen))
-
-
-def _check_finite(model, path: str) -> None:
-    for layer in model.layers:
-        for tensor in layer.darknet_arrays():
-            if not torch.isfinite(tensor).all():
-                raise TrainError(f"{path}: layer {layer.index} ([{layer.type}]) holds NaN or infinite values: "
-                                 f"the file is corrupt (or training diverged when it was written)")
 
 
 class Snapshots:
@@ -119,6 +112,9 @@ class Snapshots:
                  writes: bool, say: Callable[[str], None]):
         self.model, self.backup, self.cfg_base = model, backup, cfg_base
         self.images_per_iteration, self.ema, self.writes, self.say = images_per_iteration, ema, writes, say
+        if writes:  # a run killed while it wrote a snapshot left its temporary file behind
+            for leftover in remove_orphaned_temporaries(backup):
+                say(f" Removed {leftover}: an unfinished snapshot of a run that was killed while writing it")
 
     def path(self, suffix: str) -> Path:
         return self.backup / f"{self.cfg_base}_{suffix}.weights"

@@ -6,6 +6,8 @@ and reported once (darkpy.data.DataProblems), handed back from worker processes 
 """
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import cv2
@@ -148,10 +150,40 @@ class TrainBatches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        for images, truths, problems in self.loader:
+        batches = _without_asynchronous_worker_checks(self.loader)
+        while True:
+            try:
+                images, truths, problems = next(batches)
+            except StopIteration:
+                return
+            except Exception as error:  # a loading process died (RuntimeError, EOFError...) or raised its own error
+                raise LoaderFailure(_first_line(error)) from error
             for kind, message in problems:
                 self.problems.warn(kind, message)
             yield images, truths
+
+
+class LoaderFailure(Exception):
+    """A batch could not be made: a data-loading process died or raised. The message is one line."""
+
+
+def _without_asynchronous_worker_checks(loader: DataLoader) -> Iterator:
+    """The loader's iterator, with the SIGCHLD handler PyTorch installs (once per process) when it starts its
+    first loading processes taken away again: that handler raises about a dead process wherever the main process
+    happens to be, inside a snapshot write as well. Without it the death is noticed where the next batch is
+    fetched (PyTorch checks its processes when a batch does not come)."""
+    if not hasattr(signal, "SIGCHLD") or threading.current_thread() is not threading.main_thread():
+        return iter(loader)
+    previous = signal.getsignal(signal.SIGCHLD)
+    batches = iter(loader)
+    signal.signal(signal.SIGCHLD, previous)
+    return batches
+
+
+def _first_line(error: BaseException) -> str:
+    """PyTorch passes a loading process's error on with its whole traceback in the message: the first line."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def make_train_loader(dataset: DetectionTrainSet, sampler: IterationSampler, num_workers: int = 0,

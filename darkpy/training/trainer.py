@@ -4,8 +4,8 @@ One iteration = `batch` images drawn with replacement from the train list, fed a
 gradients are summed, then one update (darkpy.training.schedule) at the learning rate of the iteration number;
 training stops at `max_batches`. The loss is Darknet's (darkpy.training.loss). Snapshots (darkpy.training.checkpoints):
 `<cfg>_last.weights` every `savelast` (100) iterations, `<cfg>_<N>.weights` every `saveweights` (1000, or 10000
-when max_batches >= 10000), `<cfg>_best.weights` with --map, `<cfg>_final.weights` at the end. Ctrl-C saves
-`_last` and stops. Multi-scale training follows the last head's `random` (a new size every 10 iterations).
+when max_batches >= 10000), `<cfg>_best.weights` with --map, `<cfg>_final.weights` at the end. Ctrl-C, SIGTERM
+and SIGHUP save `_last` and stop, and so does a failure of data loading. Multi-scale training follows the last head's `random` (a new size every 10 iterations).
 
 Several processes (`torchrun --nproc_per_node N -m darkpy train ...`) act like Darknet's `-gpus`
 (darkpy.training.distributed): keep the cfg's learning_rate.
@@ -28,7 +28,7 @@ from darkpy.evaluation.metrics import format_map_report
 from darkpy.training.build import build_training
 from darkpy.training.chart import Chart
 from darkpy.training.checkpoints import Snapshots, basecfg, restore_run_options, save_run_options
-from darkpy.training.dataset import TrainBatches, make_train_loader
+from darkpy.training.dataset import LoaderFailure, TrainBatches, make_train_loader
 from darkpy.training.distributed import Distributed
 from darkpy.training.sampler import IterationSampler, multiscale_coef
 from darkpy.training.schedule import set_learning_rate
@@ -51,6 +51,7 @@ class RunState:
     best_map: float = -1.0
     last_map: float = -1.0
     warned_divergence: bool = False
+    warned_chart: bool = False
 
     @classmethod
     def starting_at(cls, iteration: int) -> "RunState":
@@ -73,32 +74,51 @@ class SizedModels:
         return model
 
 
+# The signals that ask training to stop: Ctrl-C, SIGTERM (what cluster schedulers send before they kill) and
+# SIGHUP (the terminal closed). SIGHUP does not exist on Windows.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 class StopRequest:
-    """Ctrl-C: the first asks to stop after this iteration (saving `_last`), a second stops at once."""
+    """A stop signal: the first asks to stop after this iteration (saving `_last`), a second stops at once."""
 
     def __init__(self, announce: bool):
-        self.requested = False
+        self.signum: Optional[int] = None
         self.announce = announce
-        self._previous = None
+        self._previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C: stop at once
+        if self.requested:  # a second signal: stop at once
             raise KeyboardInterrupt
-        self.requested = True
+        self.signum = signum
         if self.announce:
-            sys.stderr.write("\n Ctrl-C: saving the last weights after this iteration (press again to quit "
-                             "without saving)\n")
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            try:
+                sys.stderr.write(f"\n {name}: saving the last weights after this iteration (press Ctrl-C to quit "
+                                 f"without saving)\n")
+            except OSError:
+                pass  # SIGHUP: the terminal may be gone; saving matters more than saying so
 
     def install(self) -> None:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread
-            self._previous = None
+        for signum in STOP_SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread
+                return
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+
+    def exit_code(self) -> int:
+        """128 + the signal's number, as a shell reports a process its signal ended (130 for Ctrl-C); 130 when
+        another process of a distributed run was the one asked to stop."""
+        return 128 + (self.signum or signal.SIGINT)
 
 
 def compute_map(model, device: torch.device, data_file: str, dataset, problems):
@@ -247,7 +267,8 @@ class Trainer:
                     f"every {self.save_last_every} iterations. ")
 
     def train(self) -> int:
-        """The train_detector loop; returns 0 (done) or 130 (stopped with Ctrl-C, `_last` saved)."""
+        """The train_detector loop; returns 0 (done), 128 + the signal's number when a stop signal ended it (130 for
+        Ctrl-C, 143 for SIGTERM, 129 for SIGHUP; `_last` saved), or 1 when data loading failed (`_last` saved)."""
         self._describe_start()
         if self.start_iteration >= self.max_batches:
             return self._nothing_to_train()
@@ -257,23 +278,37 @@ class Trainer:
         self.stop.install()
         interrupted = False
         load_start = time.time()
-        for images, truths in self._loader():
-            load_time = time.time() - load_start
-            self._resize_line(state.iteration, images.shape[-1], images.shape[-2])
-            start = time.time()
-            loss = self.train_iteration(images, truths, state.iteration)
-            state.iteration += 1
-            self._report(state, loss, time.time() - start, load_time, chart, bar)
-            if self.options.calc_map:
-                self._map_if_due(state, chart)
-            self._snapshots_if_due(state, chart)
-            if self.dist.any_stops(self.stop.requested, self.device):
-                interrupted = True
-                break
-            load_start = time.time()
-        if bar is not None:
-            bar.close()
+        try:
+            for images, truths in self._loader():
+                load_time = time.time() - load_start
+                self._resize_line(state.iteration, images.shape[-1], images.shape[-2])
+                start = time.time()
+                loss = self.train_iteration(images, truths, state.iteration)
+                state.iteration += 1
+                self._report(state, loss, time.time() - start, load_time, chart, bar)
+                if self.options.calc_map:
+                    self._map_if_due(state, chart)
+                self._snapshots_if_due(state, chart)
+                if self.dist.any_stops(self.stop.requested, self.device):
+                    interrupted = True
+                    break
+                load_start = time.time()
+        except LoaderFailure as failure:
+            return self._loader_failed(state.iteration, str(failure))
+        finally:
+            if bar is not None:
+                bar.close()
         return self._finish(state.iteration, interrupted)
+
+    def _loader_failed(self, iteration: int, failure: str) -> int:
+        """Data loading broke (a loading process killed, or one that raised): the weights so far are kept."""
+        if self.dist.main:
+            self._echo(f"darkpy train: error: data loading failed at iteration {iteration} (a loading process died "
+                       f"or raised): {failure}")
+        self.save("last", iteration)
+        self.snapshots.save_ema(iteration)
+        self._print(f" continue with: darkpy train --data {self.options.data} --cfg {self.options.cfg} --resume")
+        return 1
 
     def _resize_line(self, iteration: int, width: int, height: int) -> None:
         """random=1: Darknet's lines each time it picks a new network size (every 10 iterations of the run)."""
@@ -334,9 +369,7 @@ class Trainer:
         """The chart every 100 iterations; _N every saveweights, _last (and _ema) every savelast."""
         iteration = state.iteration
         if self.dist.main and (iteration % CHART_EVERY == 0 or iteration >= self.max_batches - 1):
-            chart.save([self.backup / "chart.png", self.backup / f"chart_{self.cfg_base}.png"],
-                       f"current avg loss = {state.avg_loss:2.4f}    iteration = {iteration}    "
-                       f"approx. time left = {state.avg_time:2.2f} hours")
+            self._save_chart(state, chart)
         if iteration >= state.iter_save + self.save_every or iteration % self.save_every == 0:
             state.iter_save = iteration
             self.save(str(iteration), iteration)
@@ -347,6 +380,17 @@ class Trainer:
             self.save("last", iteration)
             self.snapshots.save_ema(iteration)
 
+    def _save_chart(self, state: RunState, chart: Chart) -> None:
+        """chart.png and chart_<cfg>.png; a chart that cannot be written is reported once, training goes on."""
+        try:
+            chart.save([self.backup / "chart.png", self.backup / f"chart_{self.cfg_base}.png"],
+                       f"current avg loss = {state.avg_loss:2.4f}    iteration = {state.iteration}    "
+                       f"approx. time left = {state.avg_time:2.2f} hours")
+        except OSError as error:
+            if not state.warned_chart:
+                state.warned_chart = True
+                self._echo(f"darkpy train: warning: {error}; training goes on")
+
     def _finish(self, iteration: int, interrupted: bool) -> int:
         opts = self.options
         if interrupted:
@@ -355,7 +399,7 @@ class Trainer:
             self._print(f"\n Stopped at iteration {iteration}; continue with: darkpy train --data {opts.data} --cfg "
                         f"{opts.cfg} --resume")
             self._print_problems()
-            return 130
+            return self.stop.exit_code()
         self.save("final", iteration)
         self._print("If you want to train from the beginning, then use flag in the end of training command: -clear ")
         self._print_problems()
