@@ -69,7 +69,7 @@ class DataConfig:
         number is a DataError naming the file and line."""
         if key not in self.options:
             return default
-        value = _atoi(self.options[key])
+        value = atoi(self.options[key])
         if value is None or value <= 0:
             raise DataError(f"{self.where(key)}: {key} must be a positive integer, got {self.options[key]!r}")
         return value
@@ -445,7 +445,7 @@ def read_tree(path: str) -> SoftmaxTree:
         if not fields:
             raise DataError(f"{path}:{len(names) + 1}: an empty line; a tree file has `name parent` on each line")
         names.append(fields[0])
-        parents.append(_atoi(fields[1]) if len(fields) > 1 and _atoi(fields[1]) is not None else -1)
+        parents.append(atoi(fields[1]) if len(fields) > 1 and atoi(fields[1]) is not None else -1)
     if not names:
         raise DataError(f"{path}: the tree file lists no classes")
     parent = np.asarray(parents, dtype=np.int64)

@@ -90,6 +90,7 @@ def test_which_lines_are_darknets():
     assert is_darknet_command_line(["detector", "map"])
     assert is_darknet_command_line(["detect", "cfg/yolov4.cfg", "yolov4.weights"])
     assert not is_darknet_command_line(["detect", "--cfg", "a.cfg", "img.jpg"])
+    assert not is_darknet_command_line(["detect", "--cfg=a.cfg", "img.jpg"])
     assert not is_darknet_command_line(["detect", "img.jpg"])
 
 

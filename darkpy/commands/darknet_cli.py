@@ -108,7 +108,7 @@ def is_darknet_command_line(argv: Sequence[str]) -> bool:
     i = 1
     while i < len(argv) and argv[i] in FLAGS:  # Darknet's flags may come first
         i += 1 + FLAGS[argv[i]].takes_value
-    return i < len(argv) and argv[i].lower().endswith(".cfg")
+    return i < len(argv) and not argv[i].startswith("-") and argv[i].lower().endswith(".cfg")
 
 
 def split_flags(words: Sequence[str]) -> Tuple[List[str], Dict[str, Optional[str]]]:
