@@ -23,7 +23,6 @@ REFUSED = {
     "crnn.train.cfg": TEXT_MODEL,
     # not built yet (issue #12)
     "yolov3-tiny_occlusion_track.cfg": "recurrent layers are not supported",
-    "strided.cfg": "'.2' is not an integer",
 }
 
 
