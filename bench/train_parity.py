@@ -1,6 +1,6 @@
 """How close `darkpy train` comes to C Darknet's training, case by case: the table behind docs/train.md.
 
-Run by hand (it is not a test; tests/test_train_parity.py asserts the same comparisons):
+Run by hand (it is not a test; tests/training/test_train_parity.py asserts the same comparisons):
 
     python bench/train_parity.py                                  # ../shared/oracle/train-steps
     DARKPY_TRAIN_ORACLE_DIR=/path/to/other/train-steps python bench/train_parity.py
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "training")]
 
 from test_train_parity import (STEPS, case_dirs, prepare_case, read_blocks,  # noqa: E402
                                run_darkpy_train)

@@ -8,7 +8,7 @@ Exit codes, as C Darknet's tools and argparse use them:
   ImageError name their file and line), nothing could be processed, an output could not be written;
 * 2 (`EXIT_USAGE`) — an argument value the command cannot use (argparse exits 2 for the ones it checks itself).
   `darkpy make-dataset` treats every problem as one (its inputs are its arguments), and `darkpy detect` exits 2
-  when its network or class names cannot be set up (tests/test_detect.py asserts this code).
+  when its network or class names cannot be set up (tests/commands/test_detect.py asserts this code).
 
 The message is `darkpy COMMAND: error: MESSAGE` on stderr, MESSAGE being the error's own text.
 """

@@ -471,7 +471,7 @@ def run(args: argparse.Namespace) -> int:
         specs = _source_specs(args.sources)
         names, detector = _setup(args)
     except INPUT_ERRORS as error:
-        return fail("detect", error, EXIT_USAGE)  # tests/test_detect.py asserts 2 for a missing cfg
+        return fail("detect", error, EXIT_USAGE)  # tests/commands/test_detect.py asserts 2 for a missing cfg
     try:
         writer = OutputWriter(args, names)
     except OSError as error:  # --save-dir or --out cannot be written: nothing is run

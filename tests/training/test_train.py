@@ -401,7 +401,7 @@ def test_sigkill_between_snapshots_then_resume(tmp_path):
     cmd = [sys.executable, "-m", "darkpy", "train", f"--data={data}", f"--cfg={cfg}", "--device=cpu",
            "--workers=0", "--threads=1", "--no-progress", "--seed=1"]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                               cwd=str(Path(__file__).resolve().parents[1]))
+                               cwd=str(Path(__file__).resolve().parents[2]))
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not (last.exists() and process.poll() is None):

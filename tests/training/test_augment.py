@@ -376,7 +376,7 @@ num=2
 
 
 def test_shapes_cfg_settings():
-    config = AugmentConfig.from_cfg(Path(__file__).resolve().parents[1] / "cfg" / "shapes-prn.cfg")
+    config = AugmentConfig.from_cfg(Path(__file__).resolve().parents[2] / "cfg" / "shapes-prn.cfg")
     assert (config.classes, config.jitter, config.random, config.mixup, config.flip) == (5, 0.2, 0.0, 0, True)
 
 

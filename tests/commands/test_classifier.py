@@ -25,7 +25,7 @@ from darkpy.cli import main
 from darkpy.evaluation.classify import top_k
 from darkpy.image import crop_image, resize_min
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "classifier"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "classifier"
 IMAGES = ("dog", "eagle", "giraffe", "horses", "person", "scream")
 TINY_NAMES = ("dog", "eagle", "horse", "person", "giraffe", "scream", "cat")
 NUMBER = re.compile(r"\d+\.\d{6}")
@@ -134,6 +134,6 @@ def test_mismatched_classes_and_detector_cfgs_are_errors(tiny: Path, capsys):
     code = main(["classifier", "predict", str(tiny / "bad.data"), str(tiny / "tiny.cfg"), str(tiny / "tiny.weights"),
                  str(tiny / "dog.jpg")])
     assert code == 2 and "classes=5" in capsys.readouterr().err
-    detector_cfg = Path(__file__).resolve().parents[1] / "cfg" / "yolov3-tiny.cfg"
+    detector_cfg = Path(__file__).resolve().parents[2] / "cfg" / "yolov3-tiny.cfg"
     code = main(["classifier", "predict", str(tiny / "tiny.data"), str(detector_cfg)])
     assert code == 1 and "detection layers" in capsys.readouterr().err
