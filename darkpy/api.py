@@ -147,9 +147,8 @@ class Classes:
 class Classifier:
     """A loaded Darknet classifier: call it on an image path, an array (say `bgr=`), or a list of them."""
 
-    def __init__(self, model, names: List[str]):
-        self.model, self.names = model, names
-        self.network = ClassifierNetwork(model)
+    def __init__(self, network: ClassifierNetwork, names: List[str]):
+        self.network, self.model, self.names = network, network.model, names
 
     def __call__(self, images: Union[Image, Sequence[Image]], bgr: Optional[bool] = None) -> Union[Classes, List[Classes]]:
         single = isinstance(images, (str, Path, np.ndarray))
@@ -173,7 +172,7 @@ def load(cfg: Union[str, Path], weights: Optional[Union[str, Path]] = None, name
     data_path, names_path = (str(data) if data else None), (str(names) if names else None)
     model = ready_for_inference(load_model(str(cfg), str(weights) if weights else None), device)
     if not model.heads:
-        outputs = int(np.prod(model.layers[model.output_index].out_shape))
-        return Classifier(model, class_names(data_path, names_path, outputs, str(cfg), coco=False))
+        network = ClassifierNetwork(model)
+        return Classifier(network, class_names(data_path, names_path, network.classes, str(cfg), coco=False))
     detector = Detector(model, device=None, letter_box=True if letter_box else None, batch_size=batch)
     return Network(detector, class_names(data_path, names_path, detector.classes, str(cfg)), thresh, hier, nms)

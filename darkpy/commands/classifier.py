@@ -46,14 +46,6 @@ def run(args: argparse.Namespace) -> int:
         return fail("classifier", error)
 
 
-def _option_int(data: DataConfig, key: str, default: int) -> int:
-    value = data.options.get(key)
-    try:
-        return int(value) if value is not None else default
-    except ValueError:
-        raise UsageError(f"{data.where(key)}: {key}={value} is not an integer") from None
-
-
 def _check_outputs(classifier: Classifier, classes: int, data: DataConfig) -> None:
     """predict_classifier stops when a [softmax]/[cost] network's outputs differ from the .data classes."""
     last = classifier.model.layers[-1]
@@ -85,12 +77,12 @@ def _image_paths(image: Optional[str]) -> Iterator[str]:
 
 
 def predict(classifier: Classifier, data: DataConfig, image: Optional[str], top: int) -> int:
-    classes = _option_int(data, "classes", DEFAULT_CLASSES)
+    classes = data.get_positive_int("classes", DEFAULT_CLASSES)
     names_path = data.existing_file("names", None) or data.existing_file("labels", DEFAULT_LABELS)
     names = read_names(names_path)
     print(f" classes = {classes}, output in cfg = {_darknet_layer_c(classifier.model.layers[-1])} ")
     _check_outputs(classifier, classes, data)
-    top = min(top or _option_int(data, "top", 1), classes)
+    top = min(top or data.get_positive_int("top", 1), classes)
     failed = 0
     for path in _image_paths(image):
         try:
@@ -121,8 +113,8 @@ def validate(classifier: Classifier, data: DataConfig) -> int:
     labels = read_names(data.existing_file("labels", DEFAULT_LABELS))
     list_path = data.existing_file("valid", DEFAULT_VALID)
     paths = [resolve_path(p, list_path) for p in read_image_list(list_path)]
-    classes = _option_int(data, "classes", DEFAULT_CLASSES)
-    topk = min(_option_int(data, "top", 1), classes)
+    classes = data.get_positive_int("classes", DEFAULT_CLASSES)
+    topk = min(data.get_positive_int("top", 1), classes)
     print(" TOP calculation...")
     top1 = topn = 0
     unlabelled: List[str] = []

@@ -14,7 +14,6 @@ relative to the current folder, created when missing):
 `--out NAME` replaces `coco_results` / `comp4_det_test_` (Darknet's -out).
 """
 import argparse
-import sys
 from pathlib import Path
 from typing import List, Sequence, TextIO, Tuple
 

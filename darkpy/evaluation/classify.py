@@ -27,8 +27,8 @@ class Classifier:
 
     @property
     def classes(self) -> int:
-        """The number of outputs of the last layer (Darknet's net.outputs)."""
-        c, h, w = self.model.layers[-1].out_shape
+        """The number of outputs of the network's output layer (Darknet's net.outputs)."""
+        c, h, w = self.model.layers[self.model.output_index].out_shape
         return c * h * w
 
     def predict(self, image: np.ndarray) -> np.ndarray:

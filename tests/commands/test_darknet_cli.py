@@ -229,7 +229,7 @@ def test_train_accepts_darknets_clear():
 def test_resume_restores_the_runs_own_options(tmp_path):
     """The options a run was started with are stored beside its snapshots; --resume takes them back where its
     own command line leaves them at their defaults (here --max-batches, --batch and the drawn seed)."""
-    from test_train import make_dataset, trainer, write_cfg
+    from helpers.tiny_training import make_dataset, trainer, write_cfg
     from darkpy.training.checkpoints import restore_run_options, run_options_path
     from darkpy.training.settings import TrainOptions
     data = make_dataset(tmp_path, images=4)
@@ -243,7 +243,7 @@ def test_resume_restores_the_runs_own_options(tmp_path):
 
 
 def test_random_prints_darknets_resize_line(tmp_path):
-    from test_train import make_dataset, run_trainer, trainer, write_cfg
+    from helpers.tiny_training import make_dataset, run_trainer, trainer, write_cfg
     data = make_dataset(tmp_path, images=4)
     cfg = write_cfg(tmp_path, max_batches=2, batch=2)
     cfg.write_text(cfg.read_text().replace("random=0", "random=1"))
@@ -379,7 +379,7 @@ def test_detector_map_prints_darknets_report(flags, output, monkeypatch, capsys)
 
 def test_detector_train_runs_darknets_line(tmp_path, capsys):
     """`darknet detector train DATA CFG -dont_show -map` unchanged: trains, computes mAP and writes _final."""
-    from test_train import make_dataset, write_cfg
+    from helpers.tiny_training import make_dataset, write_cfg
     data = make_dataset(tmp_path, images=4)
     cfg = write_cfg(tmp_path, max_batches=2, batch=2)
     code = cli.main(["detector", "train", str(data), str(cfg), "-dont_show", "-map"])
