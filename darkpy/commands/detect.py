@@ -8,20 +8,19 @@ confidences. Images are read and resized in a background thread while the networ
 With no arguments it runs the project's yolov3-tiny cfg and weights on the photos in data/images.
 """
 import argparse
-import json
 import os
 import stat
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from darkpy.boxes import Detection, best_shown_class, detection_lines
+from darkpy.api import DEFAULT_NAMES, Classifier, Network, Results, load, project_file
 from darkpy.commands.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -29,14 +28,12 @@ from darkpy.commands.common import (
     INPUT_ERRORS,
     UsageError,
     add_allow_partial,
-    build_detector,
     fail,
     finite_float,
 )
-from darkpy.data import check_names_count, darknet_label_path, read_data_config, read_names
+from darkpy.data import darknet_label_path
 from darkpy.evaluation.inference import (
     LIST_EXTENSIONS,
-    Detector,
     Frame,
     Source,
     batched,
@@ -45,18 +42,11 @@ from darkpy.evaluation.inference import (
     iterate_frames,
 )
 
-REPO_DIR = Path(__file__).resolve().parents[2]  # darkpy/commands/detect.py -> the checkout
 DEFAULT_CFG = "cfg/yolov3-tiny.cfg"
 DEFAULT_WEIGHTS = "weights/yolov3-tiny.weights"
-DEFAULT_NAMES = "data/coco.names"
 DEFAULT_SOURCE = "data/images"
-COCO_CLASSES = 80  # a network with this many classes and no names given is labelled with coco.names
 NETWORK_FILE_SUFFIXES = (".cfg", ".weights")  # never an image: a misplaced --cfg / --weights
 STDIN_SOURCE = "-"  # image paths read from standard input, one a line (Darknet's `detector test ... < list.txt`)
-JSON_MIN_PROB = 0.005  # detection_to_json: only probabilities above this are written
-
-# draw_detections_v3 / get_color: the class colour ramp of Darknet's pictures
-_COLOR_RAMP = np.array([[1, 0, 1], [0, 0, 1], [0, 1, 1], [0, 1, 0], [1, 1, 0], [1, 0, 0]], np.float32)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,116 +85,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ============================================================================ setup
 
-def _existing(path: str, fallback_to_repo: bool) -> str:
-    """A default path is looked up in the current folder, then in the project checkout."""
-    if fallback_to_repo and not os.path.exists(path) and (REPO_DIR / path).exists():
-        return str(REPO_DIR / path)
-    return path
-
-
-def class_names(data: Optional[str], names: Optional[str], classes: int, cfg_path: str,
-                coco: bool = True) -> List[str]:
-    """The names of a .data file's names= or of a names file, which must have one name per class of the
-    network (as map requires); without either: the project's coco.names for an 80-class detector (`coco`),
-    else `class 0`, `class 1`... (COCO names on another network would label its boxes wrongly, silently)."""
-    if data:
-        names_path = read_data_config(data).resolve("names")
-        if names_path is None:
-            raise ValueError(f"{data}: the .data file has no names= line")
-    elif names:
-        names_path = names
-    elif coco and classes == COCO_CLASSES:
-        return read_names(_existing(DEFAULT_NAMES, True))
-    else:
-        return [f"class {i}" for i in range(classes)]
-    listed = read_names(names_path)
-    check_names_count(listed, names_path, classes, cfg_path)
-    return listed
-
-
-def _build_detector(args: argparse.Namespace) -> Detector:
-    """The detector of --cfg/--weights, the default files found in the project checkout too."""
-    resolved = argparse.Namespace(**vars(args))
-    resolved.cfg = _existing(args.cfg, args.cfg == DEFAULT_CFG)
-    resolved.weights = _existing(args.weights, args.weights == DEFAULT_WEIGHTS)
-    _, detector = build_detector(resolved)
-    if args.half and not detector.half:
-        print(f"warning: --half needs a CUDA device; running in float32 on {detector.device}", file=sys.stderr)
-    return detector
+def _load_network(args: argparse.Namespace) -> Network:
+    """darkpy.load with the command's options, the default files found in the project checkout too."""
+    cfg = project_file(args.cfg, args.cfg == DEFAULT_CFG)
+    weights = project_file(args.weights, args.weights == DEFAULT_WEIGHTS) if args.weights else None
+    network = load(cfg, weights, names=args.names, data=args.data, device=args.device, thresh=args.thresh,
+                   hier=args.hier, nms=args.nms, letter_box=args.letter_box, batch=args.batch, width=args.width,
+                   height=args.height, half=args.half, allow_partial=args.allow_partial)
+    if isinstance(network, Classifier):
+        raise UsageError(f"{args.cfg}: the network has no [yolo], [Gaussian_yolo], [region] or [detection] layer, "
+                         f"so it cannot detect objects: it is a classifier (darkpy classifier predict DATA CFG "
+                         f"WEIGHTS IMAGE)")
+    if args.half and not network.detector.half:
+        print(f"warning: --half needs a CUDA device; running in float32 on {network.detector.device}",
+              file=sys.stderr)
+    return network
 
 
 # ============================================================================ outputs
-
-def _class_color(class_id: int, classes: int) -> Tuple[int, int, int]:
-    """draw_detections_v3's colour: offset = class*123457 % classes, get_color(c, offset, classes); as BGR."""
-    offset = class_id * 123457 % classes
-    ratio = offset / classes * 5
-    low, high = int(np.floor(ratio)), int(np.ceil(ratio))
-    rgb = (1 - (ratio - low)) * _COLOR_RAMP[low] + (ratio - low) * _COLOR_RAMP[high]
-    return tuple(int(255 * v) for v in rgb[::-1])
-
-
-def draw_detections(image_rgb: np.ndarray, detections: Sequence[Detection], names: Sequence[str],
-                    thresh: float) -> np.ndarray:
-    """A BGR copy of the image with Darknet-style boxes and labels (class names above thresh, best first)."""
-    canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
-    height, width = canvas.shape[:2]
-    line = max(1, int(height * 0.006))
-    for det in detections:
-        best = best_shown_class(det, names, thresh)
-        if best < 0:
-            continue
-        others = [names[j] for j in np.flatnonzero(det.probs > np.float32(thresh)) if j != best]
-        label = ", ".join([names[best]] + others) + f" {det.probs[best] * 100:.0f}%"
-        color = _class_color(best, len(names))
-        left, top, right, bottom = det.xyxy(width, height)
-        left, right = (int(np.clip(v, 0, width - 1)) for v in (left, right))
-        top, bottom = (int(np.clip(v, 0, height - 1)) for v in (top, bottom))
-        cv2.rectangle(canvas, (left, top), (right, bottom), color, line)
-        scale = max(0.4, height / 1000)
-        (text_w, text_h), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        text_top = max(0, top - text_h - base - 2)
-        cv2.rectangle(canvas, (left, text_top), (left + text_w + 2, text_top + text_h + base + 2), color, -1)
-        cv2.putText(canvas, label, (left + 1, text_top + text_h + 1), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    (0, 0, 0), 1, cv2.LINE_AA)
-    return canvas
-
-
-def json_record(frame_id: int, filename: str, detections: Sequence[Detection], names: Sequence[str]) -> str:
-    """One frame of darknet's `-out` JSON, as detection_to_json formats it (every class with prob > 0.005)."""
-    objects = []
-    for det in detections:
-        for j in np.flatnonzero(det.probs > np.float32(JSON_MIN_PROB)):
-            if names[j].startswith("dont_show"):
-                continue
-            objects.append(
-                '  {"class_id":%d, "name":%s, "relative_coordinates":{"center_x":%f, "center_y":%f, '
-                '"width":%f, "height":%f}, "confidence":%f}'
-                % (j, json.dumps(names[j]), det.x, det.y, det.w, det.h, float(det.probs[j])))
-    return ('{\n "frame_id":%d, \n "filename":%s, \n "objects": [ \n' % (frame_id, json.dumps(filename))
-            + ", \n".join(objects) + "\n ] \n}")
-
-
-def label_lines(detections: Sequence[Detection], thresh: float, confidence: bool = True) -> List[str]:
-    """YOLO-format lines for the best class above thresh of each box: `class x y w h confidence` (--save-txt),
-    or without the confidence in Darknet's -save_labels format (`%d %2.4f %2.4f %2.4f %2.4f`): a label file that
-    training and map read back. A box that crosses the image's border is cut to the image, so that the file is
-    a valid label file (Darknet writes it as it is, outside [0, 1])."""
-    lines = []
-    for det in detections:
-        above = np.where(det.probs > np.float32(thresh), det.probs, 0)
-        if not above.any():
-            continue
-        best = int(np.argmax(above))
-        left, right = np.clip([det.x - det.w / 2, det.x + det.w / 2], 0.0, 1.0)
-        top, bottom = np.clip([det.y - det.h / 2, det.y + det.h / 2], 0.0, 1.0)
-        box = ((left + right) / 2, (top + bottom) / 2, right - left, bottom - top)
-        if confidence:
-            lines.append("%d %.6f %.6f %.6f %.6f %.6f" % (best, *box, float(det.probs[best])))
-        else:
-            lines.append("%d %2.4f %2.4f %2.4f %2.4f" % (best, *box))
-    return lines
-
 
 def _unwritable(path: Path, error: OSError) -> OSError:
     """An OSError whose message names the file first and then the reason (OSError's own puts the path last)."""
@@ -222,12 +120,6 @@ def _writable_folder(folder: Path) -> Path:
     return folder
 
 
-def _write_image(path: Path, image: np.ndarray) -> None:
-    """cv2.imwrite says only by its result that it failed: made an OSError naming the file."""
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f"{path}: cannot write the annotated image (a full disk, or a read-only folder?)")
-
-
 def _remove_partial(path: Path) -> None:
     """Remove what a failed write left; only a plain file (never a device such as /dev/full, or a folder)."""
     try:
@@ -242,8 +134,7 @@ class OutputWriter:
     checked when the writer is made (an OSError naming the path); a write that fails later is reported by name,
     its partial file removed, and the run goes on (`failures` counts them for the exit code)."""
 
-    def __init__(self, args, names: Sequence[str]):
-        self.names, self.thresh = names, args.thresh
+    def __init__(self, args):
         self.save_dir = Path(args.save_dir)
         self.save_images = not args.no_save
         self.save_txt = args.save_txt
@@ -280,27 +171,27 @@ class OutputWriter:
         self.used_names[stem] = count
         return stem if count == 1 else f"{stem}_{count}"
 
-    def write(self, frame, detections: Sequence[Detection]) -> None:
+    def write(self, frame: Frame, results: Results) -> None:
         stem = self._stem_for(frame)
         if self.save_images:
-            self._write_picture(frame, stem, draw_detections(frame.image, detections, self.names, self.thresh))
+            self._write_picture(frame, stem, results)
         if self.save_txt:
             name = stem if frame.source.kind == "image" else f"{stem}_{frame.frame_index:06d}"
-            self._write_labels(self.save_dir / "labels" / f"{name}.txt", label_lines(detections, self.thresh))
+            self._write_labels(self.save_dir / "labels" / f"{name}.txt", results.label_lines(confidence=True))
         if self.save_labels and frame.source.kind == "image":
-            self._save_label(frame.source.path, detections)
+            self._save_label(frame.source.path, results)
         if self.json_file is not None:
-            self._write_json(json_record(self.frames_written + 1, frame.name, detections, self.names))
+            self._write_json(results.to_json(self.frames_written + 1))
         self.frames_written += 1
 
-    def _save_label(self, image_path: str, detections: Sequence[Detection]) -> None:
+    def _save_label(self, image_path: str, results: Results) -> None:
         """-save_labels: the label file where Darknet's training looks for the image's labels (beside it)."""
         path = darknet_label_path(image_path)
         if path is None:
             print(f"darkpy detect: error: {image_path}: no label path for this extension, label not saved",
                   file=sys.stderr)
             return
-        self._write_labels(Path(path), label_lines(detections, self.thresh, confidence=False))
+        self._write_labels(Path(path), results.label_lines())
 
     def _write_labels(self, path: Path, lines: Sequence[str]) -> None:
         try:
@@ -308,14 +199,15 @@ class OutputWriter:
         except OSError as error:
             self._failed(_unwritable(path, error), path)
 
-    def _write_picture(self, frame, stem: str, annotated: np.ndarray) -> None:
+    def _write_picture(self, frame: Frame, stem: str, results: Results) -> None:
         if frame.source.kind == "image":
             path = self.save_dir / f"{stem}.jpg"
             try:
-                _write_image(path, annotated)
+                results.save(path)
             except OSError as error:
                 self._failed(error, path)
             return
+        annotated = results.plot()
         video = self._video_writer(frame, stem, annotated)
         if video is not None:
             video.write(annotated)
@@ -369,12 +261,10 @@ class OutputWriter:
 
 # ============================================================================ the run
 
-def _report(frame: Frame, detections: Sequence[Detection], milliseconds: float, names: Sequence[str],
-            args: argparse.Namespace, echo: Callable[[str], None]) -> None:
+def _report(results: Results, milliseconds: float, ext_output: bool, echo: Callable[[str], None]) -> None:
     """test_detector's lines for one image: the timing, then draw_detections_v3's lines."""
-    echo(f"{frame.name}: Predicted in {milliseconds:f} milli-seconds.")
-    height, width = frame.image.shape[:2]
-    for line in detection_lines(detections, names, width, height, args.thresh, args.ext_output):
+    echo(f"{results.path}: Predicted in {milliseconds:f} milli-seconds.")
+    for line in results.lines(ext_output):
         echo(line)
 
 
@@ -388,20 +278,14 @@ def _progress_bar(sources: Sequence[Source], frame_total: Optional[int], specs: 
     return tqdm(total=frame_total, unit="img", file=sys.stderr, dynamic_ncols=True)
 
 
-def _process_batch(detector: Detector, batch: List[Frame], names: Sequence[str], args: argparse.Namespace,
-                   writer: OutputWriter, echo: Callable[[str], None]) -> None:
+def _process_batch(network: Network, batch: List[Frame], args: argparse.Namespace, writer: OutputWriter,
+                   echo: Callable[[str], None]) -> None:
     start = time.perf_counter()
-    results = detector.detect_frames(batch, args.thresh, args.hier, args.nms)
+    results = network.detect_frames(batch)
     per_image_ms = (time.perf_counter() - start) * 1000 / len(batch)
-    for frame, detections in zip(batch, results):
-        _report(frame, detections, per_image_ms, names, args, echo)
-        writer.write(frame, detections)
-
-
-def _setup(args: argparse.Namespace) -> Tuple[List[str], Detector]:
-    """The detector and its class names, one per class of its last head."""
-    detector = _build_detector(args)
-    return class_names(args.data, args.names, detector.classes, args.cfg), detector
+    for frame, result in zip(batch, results):
+        _report(result, per_image_ms, args.ext_output, echo)
+        writer.write(frame, result)
 
 
 def _stdin_is_redirected() -> bool:
@@ -425,7 +309,7 @@ def _source_specs(sources: Optional[Sequence[str]]) -> List[str]:
                 raise UsageError("no image paths on standard input (give images, folders or list files)")
             specs.extend(listed)
         else:
-            specs.append(_existing(spec, spec == DEFAULT_SOURCE))
+            specs.append(project_file(spec, spec == DEFAULT_SOURCE))
     misplaced = [spec for spec in specs if spec.lower().endswith(NETWORK_FILE_SUFFIXES)]
     if misplaced:
         raise UsageError(f"{misplaced[0]} is a network file, not an image: give it with --cfg / --weights, or "
@@ -450,14 +334,14 @@ def _readable(frames: Iterator[Frame], counts: _Counts) -> Iterator[Frame]:
         yield frame
 
 
-def _detect_all(detector: Detector, sources: List[Source], names: Sequence[str], args: argparse.Namespace,
-                writer: OutputWriter, bar: Any, counts: _Counts) -> None:
+def _detect_all(network: Network, sources: List[Source], args: argparse.Namespace, writer: OutputWriter, bar: Any,
+                counts: _Counts) -> None:
     echo = bar.write if bar is not None else print
     # a camera is processed frame by frame (latency matters more than throughput)
-    batch_size = 1 if any(s.kind == "camera" for s in sources) else detector.batch_size
-    frames = _readable(iterate_frames(sources, detector.preprocess), counts)
+    batch_size = 1 if any(s.kind == "camera" for s in sources) else network.detector.batch_size
+    frames = _readable(iterate_frames(sources, network.detector.preprocess), counts)
     for batch in batched(frames, batch_size):
-        _process_batch(detector, batch, names, args, writer, echo)
+        _process_batch(network, batch, args, writer, echo)
         counts.processed += len(batch)
         if bar is not None:
             bar.update(len(batch))
@@ -469,11 +353,11 @@ def run(args: argparse.Namespace) -> int:
     darkpy.commands.common)."""
     try:
         specs = _source_specs(args.sources)
-        names, detector = _setup(args)
+        network = _load_network(args)
     except INPUT_ERRORS as error:
         return fail("detect", error, EXIT_USAGE)  # tests/commands/test_detect.py asserts 2 for a missing cfg
     try:
-        writer = OutputWriter(args, names)
+        writer = OutputWriter(args)
     except OSError as error:  # --save-dir or --out cannot be written: nothing is run
         return fail("detect", error)
     sources, errors = expand_sources(specs)
@@ -483,7 +367,7 @@ def run(args: argparse.Namespace) -> int:
     counts = _Counts()
     start = time.perf_counter()
     try:
-        _detect_all(detector, sources, names, args, writer, bar, counts)
+        _detect_all(network, sources, args, writer, bar, counts)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:

@@ -199,8 +199,9 @@ def test_names_must_match_the_networks_classes(tmp_path, capsys):
 
 
 def test_without_names_a_non_coco_network_prints_class_numbers():
-    assert detect.class_names(None, None, 3, "x.cfg") == ["class 0", "class 1", "class 2"]
-    assert detect.class_names(None, None, 80, "x.cfg")[:2] == ["person", "bicycle"]
+    from darkpy.api import class_names
+    assert class_names(None, None, 3, "x.cfg") == ["class 0", "class 1", "class 2"]
+    assert class_names(None, None, 80, "x.cfg")[:2] == ["person", "bicycle"]
 
 
 # ============================================================================ ordinary permissions

@@ -211,6 +211,27 @@ def test_bad_inputs_are_reported_and_skipped(tmp_path, capsys):
     assert "missing.jpg" in capsys.readouterr().err
 
 
+def test_the_command_is_the_python_api(tmp_path, capsys, monkeypatch):
+    """darkpy detect loads its network with darkpy.load and prints and writes what its Results give: the same
+    lines as `darkpy.load(...)(image).lines()`, the same label file as `.label_lines()`."""
+    import darkpy
+    loaded = []
+    monkeypatch.setattr(detect, "load", lambda *a, **k: loaded.append(darkpy.load(*a, **k)) or loaded[-1])
+    photo = tmp_path / "coffee.png"
+    shutil.copy(require(SHARED / "images" / "coffee.png"), photo)
+    code = detect.run(_oracle_model_args(tmp_path, photo, "--ext-output", "--save-labels"))
+    assert code == 0 and len(loaded) == 1
+    result = loaded[0](photo)
+    assert _printed(capsys.readouterr().out)["coffee"] == result.lines() != []
+    assert (tmp_path / "coffee.txt").read_text() == "".join(line + "\n" for line in result.label_lines())
+
+
+def test_a_classifier_cfg_is_not_a_detector(tmp_path, capsys):
+    code = detect.run(_args("--cfg", require(ORACLE / "darknet19" / "cfg.cfg"), "--weights", "", "--device", "cpu",
+                            "--no-save", require(SHARED / "images" / "coffee.png")))
+    assert code == 2 and "it is a classifier (darkpy classifier predict" in capsys.readouterr().err
+
+
 def test_setup_errors_are_messages(tmp_path, capsys):
     code = detect.run(_args("--cfg", tmp_path / "nope.cfg", "--weights", tmp_path / "nope.weights", "--names",
                             require(SHARED / "weights" / "coco.names"), tmp_path))
