@@ -228,16 +228,11 @@ def _calc_anchors(files: Sequence[str], flags: Dict[str, Optional[str]], warning
 
 
 def _train(files: Sequence[str], flags: Dict[str, Optional[str]], warnings: List[str]) -> Translation:
-    """detector train DATA CFG [WEIGHTS]; -gpus N is --device cuda:N (several GPUs: torchrun)."""
+    """detector train DATA CFG [WEIGHTS]; -gpus 0,1 is --gpus (one training process per GPU)."""
     argv = ["train", "--data", files[0], "--cfg", files[1]] + _weights(files[2:])
     argv += _mapped_flags(flags, _TRAIN_FLAGS, "detector train", warnings)
-    gpus = flags.get("-gpus")
-    if gpus is not None:
-        first = gpus.split(",")[0]
-        if "," in gpus:
-            warnings.append(f"-gpus {gpus}: darkpy trains on several GPUs when started by torchrun "
-                            f"(docs/train.md); this run uses GPU {first} only")
-        argv += ["--device", first]
+    if flags.get("-gpus") is not None:
+        argv += ["--gpus", flags["-gpus"]]
     return Translation(argv, warnings)
 
 

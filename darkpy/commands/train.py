@@ -1,13 +1,16 @@
 """`darkpy train`: Darknet's `detector train` (src/detector.c train_detector); the loop is
 darkpy.training.trainer."""
 import argparse
+import os
 import sys
+from typing import List, Optional
 
 from darkpy.cfg import CfgError
 from darkpy.commands.common import positive_float
 from darkpy.data import DataError
 from darkpy.training.loss import LossError
 from darkpy.training.schedule import ScheduleError
+from darkpy.training.distributed import launch
 from darkpy.training.settings import TrainError, TrainOptions
 from darkpy.training.trainer import Trainer
 from darkpy.weights import WeightsError
@@ -29,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, help="override [net] height")
     parser.add_argument("--learning-rate", type=positive_float, help="override [net] learning_rate")
     parser.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
+    parser.add_argument("--gpus", type=gpu_list, default=None, metavar="0,1,...",
+                        help="Darknet's -gpus: train on these GPUs, one process each (launched here, as torchrun "
+                             "would); one GPU is --device cuda:N")
     parser.add_argument("--workers", type=int, default=None,
                         help="data-loading processes (default: 1 on the CPU, min(6, CPU count - 1) with CUDA; "
                              "0 loads in the training process)")
@@ -49,6 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also print Darknet's per-layer loss lines for every mini-batch")
 
 
+def gpu_list(text: str) -> List[int]:
+    """argparse type of --gpus: GPU indices separated by commas, each once."""
+    try:
+        gpus = [int(item) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of GPU numbers such as 0,1") from None
+    if min(gpus) < 0 or len(set(gpus)) != len(gpus):
+        raise argparse.ArgumentTypeError(f"{text!r}: GPU numbers are 0 or more, each given once")
+    return gpus
+
+
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
     return TrainOptions(data=args.data, cfg=args.cfg, weights=args.weights, clear=args.clear, resume=args.resume,
                         max_batches=args.max_batches, batch=args.batch, subdivisions=args.subdivisions,
@@ -60,9 +77,44 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
 
 def run(args: argparse.Namespace) -> int:
     """`darkpy train`: 0 when max_batches is reached, 128 + the signal's number after Ctrl-C, SIGTERM or SIGHUP
-    (with _last saved), 1 on bad input or when data loading failed (with _last saved)."""
+    (with _last saved), 1 on bad input or when data loading failed (with _last saved). With several --gpus, the
+    same in one process per GPU, the first failure's code."""
+    options = options_from_args(args)
+    gpus: Optional[List[int]] = args.gpus
+    if gpus is None or "WORLD_SIZE" in os.environ:  # one process, or a worker of torchrun / of launch
+        return train(options)
+    if len(gpus) == 1:
+        options.device = f"cuda:{gpus[0]}"
+        return train(options)
+    problem = _multi_gpu_problem(gpus, options.device)
+    if problem:
+        print(f"darkpy train: error: --gpus {','.join(map(str, gpus))}: {problem}", file=sys.stderr)
+        return 2
+    options.device = "cuda"  # each worker takes the GPU of its LOCAL_RANK among CUDA_VISIBLE_DEVICES
+    return launch(train_worker, (options,), len(gpus), cuda_devices=gpus)
+
+
+def _multi_gpu_problem(gpus: List[int], device: str) -> Optional[str]:
+    """Why these GPUs cannot be trained on from here, or None."""
+    import torch
+    if device not in ("auto", "cuda"):
+        return f"cannot be combined with --device {device}"
+    available = torch.cuda.device_count()
+    if available == 0:
+        return "no CUDA device on this machine"
+    if max(gpus) >= available:
+        return f"this machine has {available} CUDA device(s), numbered from 0"
+    return None
+
+
+def train_worker(options: TrainOptions) -> None:
+    """One process of a run launched with several --gpus (distributed.launch): exits with train's code."""
+    sys.exit(train(options))
+
+
+def train(options: TrainOptions) -> int:
     try:
-        trainer = Trainer(options_from_args(args))
+        trainer = Trainer(options)
     except (TrainError, CfgError, DataError, WeightsError, LossError, ScheduleError, OSError, ValueError) as error:
         print(f"darkpy train: error: {error}", file=sys.stderr)
         return 1

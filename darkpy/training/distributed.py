@@ -1,12 +1,15 @@
-"""Several training processes (`torchrun --nproc_per_node N -m darkpy train ...`) as Darknet's `-gpus`.
+"""Several training processes as Darknet's `-gpus`: started by `torchrun --nproc_per_node N -m darkpy train ...`,
+or by `darkpy train --gpus 0,1` itself (`launch`: one process per GPU, with torchrun's environment).
 
 src/network_kernels.cu train_networks: each process trains `batch` images per iteration and the gradients are
 summed, which equals Darknet's N nets with learning_rate*N whose weights are averaged (sync_nets); the rolling
 batch-norm statistics are averaged every 4 iterations. With one process every function here does nothing.
 """
+import multiprocessing
 import os
+import socket
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -41,7 +44,10 @@ class Distributed:
             torch.distributed.init_process_group(backend)
 
     def stop(self) -> None:
+        """Leave the process group together: a process that tears gloo down while another one still talks to it
+        can abort at exit ("terminate called without an active exception")."""
         if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
     def device_name(self, requested: str) -> str:
@@ -99,3 +105,48 @@ class Distributed:
         flag = torch.tensor([1.0 if stop else 0.0], device=device)
         torch.distributed.all_reduce(flag)
         return bool(flag.item() > 0)
+
+
+def _free_port() -> int:
+    """A TCP port nobody listens on, for the processes' rendezvous on this machine."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(worker: Callable[..., None], args: Sequence[object], world: int,
+           cuda_devices: Optional[Sequence[int]] = None) -> int:
+    """Run `worker(*args)` in `world` new processes on this machine, each with the environment torchrun gives
+    its workers (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), so that they train as one run exactly as
+    under torchrun; with cuda_devices, the processes see those GPUs only (CUDA_VISIBLE_DEVICES) and process r
+    uses the r-th. Returns 0 when every process ended with 0, else the first non-zero exit code. Ctrl-C reaches
+    the workers too (one process group): they save `_last` and stop, and this waits for them."""
+    environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(world),
+                   "LOCAL_WORLD_SIZE": str(world)}
+    if cuda_devices is not None:
+        environment["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in cuda_devices)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited torch or CUDA state
+    processes = [context.Process(target=_run_worker, args=(worker, args, {**environment, "RANK": str(rank),
+                                                                          "LOCAL_RANK": str(rank)}))
+                 for rank in range(world)]
+    for process in processes:
+        process.start()
+    return _wait_for(processes)
+
+
+def _run_worker(worker: Callable[..., None], args: Sequence[object], environment: dict) -> None:
+    os.environ.update(environment)
+    worker(*args)
+
+
+def _wait_for(processes: List[multiprocessing.Process]) -> int:
+    """Wait for every process (also through Ctrl-C, which they handle themselves); their first failure's code."""
+    for process in processes:
+        while True:
+            try:
+                process.join()
+                break
+            except KeyboardInterrupt:
+                continue  # the workers got it too, and are saving their weights
+    codes = [process.exitcode for process in processes]
+    return next((code if code > 0 else 128 - code for code in codes if code), 0)

@@ -56,8 +56,8 @@ def test_map_train_demo_and_the_coco_shortcut():
 
 def test_flags_darknet_knows_but_darkpy_does_not_implement_warn():
     result = translate("detector train obj.data y.cfg -mjpeg_port 8090 -gpus 0,1 -points 11".split())
-    assert result.argv[-2:] == ["--device", "0"] and "--points" not in result.argv
-    assert [w.split(":")[0] for w in result.warnings] == ["-mjpeg_port", "-points", "-gpus 0,1"]
+    assert result.argv[-2:] == ["--gpus", "0,1"] and "--points" not in result.argv
+    assert [w.split(":")[0] for w in result.warnings] == ["-mjpeg_port", "-points"]
     assert "not implemented" in result.warnings[0] and "not used by detector train" in result.warnings[1]
 
 
