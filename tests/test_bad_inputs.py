@@ -559,6 +559,7 @@ def _cases(world):
                                   "tiny.cfg:4: option 'width' [net] a 100000x100000x3 input has more values"),
         "detect --thresh nan": (detect + ["--thresh=nan"], 2, "argument --thresh: 'nan' is not a finite number"),
         "detect --nms nan": (detect + ["--nms=nan"], 2, "argument --nms: 'nan' is not a finite number"),
+        "detect --thresh abc": (detect + ["--thresh=abc"], 2, "argument --thresh: 'abc' is not a number"),
         "map --iou-thresh nan": (map_ + [f"--data={world.data}", "--iou-thresh=nan"], 2, "not a finite number"),
         "train --learning-rate nan": (train + [f"--data={world.data}", "--learning-rate=nan"], 2,
                                       "'nan' is not a finite number"),

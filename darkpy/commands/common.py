@@ -36,7 +36,10 @@ class UsageError(ValueError):
 
 def finite_float(text: str) -> float:
     """argparse type of thresholds: a finite number (nan would silently keep or drop every detection)."""
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return value
