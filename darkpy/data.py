@@ -455,3 +455,17 @@ def read_tree(path: str) -> SoftmaxTree:
     if bad.size:
         raise DataError(f"{path}:{bad[0] + 1}: parent {parent[bad[0]]} is not a line of the file ({len(parent)} classes)")
     return SoftmaxTree(names, parent, starts, sizes)
+
+
+def read_class_map(path: str, classes: int) -> np.ndarray:
+    """read_map (src/utils.c): one class number a line — a [region]'s `map=`, which turns a label's class into
+    the network's (coco9k.map: COCO's 80 classes to YOLO9000's 9418). Each must be a class of the network."""
+    mapped = []
+    for number, line in enumerate(_read_text_lines(path, "class map"), 1):
+        value = atoi(line.strip())
+        if value is None or not 0 <= value < classes:
+            raise DataError(f"{path}:{number}: {line.strip()!r} is not a class number from 0 to {classes - 1}")
+        mapped.append(value)
+    if not mapped:
+        raise DataError(f"{path}: the class map is empty")
+    return np.asarray(mapped, dtype=np.int64)

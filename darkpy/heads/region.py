@@ -1,15 +1,15 @@
-"""[region] (src/region_layer.c, YOLOv2): activation, decoding and loss; YOLO9000's softmax tree (tree=) in
-activation and decoding."""
+"""[region] (src/region_layer.c, YOLOv2): activation, decoding and loss; YOLO9000's softmax tree (tree=) and
+class map (map=) in activation, decoding and loss."""
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import torch
 
 from darkpy.boxes import F32, BoxSet, box_iou, correct_boxes
 from darkpy.cfg import Section
-from darkpy.data import DataError, SoftmaxTree, read_tree
-from darkpy.heads.base import (COMMON_OPTIONS, Head, HeadLoss, LossError, TorchBoxes, as_box, best_truth_per_cell,
+from darkpy.data import DataError, SoftmaxTree, read_class_map, read_tree
+from darkpy.heads.base import (COMMON_OPTIONS, Head, HeadLoss, TorchBoxes, as_box, best_truth_per_cell,
                                c_exp, c_log, class_probs, exp_scale, first_max_index, logistic, valid_counts)
 from darkpy.layers.base import BuildContext, register
 
@@ -50,21 +50,29 @@ class RegionLayer(Head):
             raise s.error("background=1 is not supported by darkpy", "background")
         self._check_filters(s, "classes")
         self.tree = self._read_tree(s) if s.has("tree") else None
+        # map= (read_map): a label's class -> the network's, in training only (detect and map ignore it, as Darknet)
+        self.class_map = self._read_file(s, "map", lambda path: read_class_map(path, self.classes))[1] \
+            if s.has("map") else None
 
-    def _read_tree(self, s: Section) -> SoftmaxTree:
-        """tree= (parse_region, read_tree), opened as Darknet opens it, relative to the current folder; else beside
-        the cfg, or in the folder above it (Darknet's layout: cfg/yolo9000.cfg names data/9k.tree)."""
-        written = s.get_str("tree")
+    @staticmethod
+    def _read_file(s: Section, option: str, read):
+        """A file option (tree=, map=) opened as Darknet opens it, relative to the current folder; else beside the
+        cfg, or in the folder above it (Darknet's layout: cfg/yolo9000.cfg names data/9k.tree)."""
+        written = s.get_str(option)
         cfg_folder = os.path.dirname(os.path.abspath(s.file))
         candidates = [written, os.path.join(cfg_folder, written), os.path.join(cfg_folder, os.pardir, written)]
         found = next((c for c in candidates if os.path.isfile(c)), None)
         if found is None:
-            raise s.error(f"cannot find the tree file '{written}' (looked in the current folder, beside the cfg and "
-                          f"in the folder above it)", "tree")
+            raise s.error(f"cannot find the file '{written}' (looked in the current folder, beside the cfg and "
+                          f"in the folder above it)", option)
         try:
-            tree = read_tree(found)
+            return found, read(found)
         except DataError as error:
-            raise s.error(str(error), "tree") from None
+            raise s.error(str(error), option) from None
+
+    def _read_tree(self, s: Section) -> SoftmaxTree:
+        """tree= (parse_region, read_tree)."""
+        found, tree = self._read_file(s, "tree", read_tree)
         if len(tree.parent) != self.classes:
             raise s.error(f"the tree {found} has {len(tree.parent)} classes but classes={self.classes}", "tree")
         self.register_buffer("tree_group", torch.from_numpy(tree.group_of), persistent=False)
@@ -146,15 +154,9 @@ class RegionLayer(Head):
         return (x, y, bw, bh), objectness * out[:, :, 5:]
 
     # ---- training ---------------------------------------------------------------------------------------------
-    def prepare_loss(self) -> List[str]:
-        if self.tree is not None:
-            raise LossError(f"{self.cfg_location()}: training a [region] with a softmax tree (tree=, YOLO9000) is "
-                            "not supported by darkpy")
-        return super().prepare_loss()
-
     def deltas(self, out: np.ndarray, truths: np.ndarray, net_wh: Tuple[int, int], seen: int
                ) -> Tuple[np.ndarray, HeadLoss]:
-        """src/region_layer.c forward_region_layer in training (CPU, no softmax tree).
+        """src/region_layer.c forward_region_layer in training.
 
         `out` is as activate() leaves it: x, y, w, h raw, logistic on the objectness, softmax over the classes.
         The prior-matching term applies while seen < 12800; the network size is not used (anchors in cells).
@@ -210,8 +212,12 @@ class RegionLayer(Head):
 
     def _class_delta(self, out: np.ndarray, delta: np.ndarray, b: int, n: int, j: int, i: int, class_id: int,
                      scale: float) -> None:
-        """delta_region_class without a tree: softmax cross-entropy gradient, or Darknet's focal variant."""
+        """delta_region_class: softmax cross-entropy gradient, or Darknet's focal variant; with a softmax tree,
+        the same within the class's group and within the group of each of its ancestors up to the root."""
         p = out[b, n, 5:, j, i]
+        if self.tree is not None:
+            self._tree_class_delta(p, delta[b, n, 5:, j, i], class_id, scale)
+            return
         target = np.zeros_like(p)
         target[class_id] = 1
         d = scale * (target - p)
@@ -220,11 +226,25 @@ class RegionLayer(Head):
             d = d * (0.5 * (-(1 - pt) * (2 * pt * c_log(pt) + pt - 1)))
         delta[b, n, 5:, j, i] = d
 
+    def _tree_class_delta(self, p: np.ndarray, d: np.ndarray, class_id: int, scale: float) -> None:
+        """delta_region_class with a hierarchy: from the class up to its root, the whole group of siblings gets
+        scale·(0 - p), the class on the path scale·(1 - p); groups off the path keep their delta. (The focal
+        variant does not apply to a tree, as in Darknet.)"""
+        tree = self.tree
+        while class_id >= 0:
+            group = self.tree_group[class_id].item()
+            first = int(tree.group_offset[group])
+            siblings = slice(first, first + int(tree.group_size[group]))
+            d[siblings] = np.float32(scale) * (np.float32(0) - p[siblings])
+            d[class_id] = np.float32(scale) * (np.float32(1) - p[class_id])
+            class_id = int(tree.parent[class_id])
+
     def _positive(self, out: np.ndarray, delta: np.ndarray, b: int, truth_row: np.ndarray, anchors: np.ndarray,
                   stats: HeadLoss) -> None:
         """One truth: its best anchor at its cell gets the coordinate, objectness and class deltas."""
         class_id = int(truth_row[4])
-        if class_id >= self.classes:
+        # a class the map does not list would make Darknet read past its map: counted as a wrong label instead
+        if class_id >= self.classes or self.class_map is not None and class_id >= len(self.class_map):
             stats.wrong_labels += 1
             return
         x, y, w, h = (float(v) for v in truth_row[:4])
@@ -254,6 +274,8 @@ class RegionLayer(Head):
         obj = float(o[4])
         target = iou if self.rescore else 1.0
         d[4] = self.object_scale * (target - obj) * (obj * (1 - obj))
+        if self.class_map is not None:  # the label's class, as the network numbers it
+            class_id = int(self.class_map[class_id])
         self._class_delta(out, delta, b, best_n, j, i, class_id, self.class_scale)
         stats.count += 1
         stats.tot_iou += iou
