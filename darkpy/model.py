@@ -46,7 +46,9 @@ class Darknet(nn.Module):
         self.weights_version = None
         self.is_fused = False
 
-        ctx = BuildContext(index=0, input_shape=(self.channels, self.height, self.width))
+        # parse_network_cfg_custom: time_steps below 1 counts as 1
+        ctx = BuildContext(index=0, input_shape=(self.channels, self.height, self.width),
+                           time_steps=max(1, net.get_int("time_steps", 1)))
         for index, section in enumerate(sections[1:]):
             ctx.index = index
             layer = self._build(section, ctx)
@@ -116,6 +118,20 @@ class Darknet(nn.Module):
             x = layer(x, outputs)
             outputs.append(x if keep_all or self._keep[i] else None)
         return outputs
+
+    def reset_state(self) -> "Darknet":
+        """Forget the state of the recurrent layers ([crnn], [conv_lstm], [lstm]...), as before the first frame:
+        call it before a new video. In eval mode a recurrent layer carries its state from each frame to the next,
+        a batch being consecutive frames (darkpy/layers/recurrent.py); nothing else keeps state."""
+        for layer in self.layers:
+            if hasattr(layer, "reset_state"):
+                layer.reset_state()
+        return self
+
+    @property
+    def is_recurrent(self) -> bool:
+        """Whether a layer keeps state from one call to the next."""
+        return any(hasattr(layer, "reset_state") for layer in self.layers)
 
     def resized(self, width: int, height: int) -> "Darknet":
         """The same network built for another input size, sharing this one's parameters and buffers (Darknet's
