@@ -123,15 +123,13 @@ class Darknet(nn.Module):
         """Forget the state of the recurrent layers ([crnn], [conv_lstm], [lstm]...), as before the first frame:
         call it before a new video. In eval mode a recurrent layer carries its state from each frame to the next,
         a batch being consecutive frames (darkpy/layers/recurrent.py); nothing else keeps state."""
-        for layer in self.layers:
-            if hasattr(layer, "reset_state"):
-                layer.reset_state()
+        for layer in self.recurrent_layers():
+            layer.reset_state()
         return self
 
-    @property
-    def is_recurrent(self) -> bool:
-        """Whether a layer keeps state from one call to the next."""
-        return any(hasattr(layer, "reset_state") for layer in self.layers)
+    def recurrent_layers(self) -> List[Layer]:
+        """The layers that keep a state from one call to the next."""
+        return [layer for layer in self.layers if hasattr(layer, "reset_state")]
 
     def resized(self, width: int, height: int) -> "Darknet":
         """The same network built for another input size, sharing this one's parameters and buffers (Darknet's
