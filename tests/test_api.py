@@ -7,12 +7,10 @@ import sys
 import cv2
 import numpy as np
 import pytest
-import torch
-
 from conftest import ORACLE, REPO, SHARED, require
 
 import darkpy
-from darkpy.model import Darknet
+from helpers.recurrent import tiny_recurrent_detector
 
 FIXTURES = REPO / "tests" / "fixtures" / "darknet_cli"
 CFG = ORACLE / "real-yolov3-tiny" / "cfg.cfg"
@@ -93,13 +91,8 @@ def test_a_classifier_gives_darknets_top_classes(tmp_path):
 
 
 def test_recurrent_network_carries_its_state_through_a_video_until_reset(tmp_path):
-    cfg = tmp_path / "r.cfg"
-    cfg.write_text("[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nfilters=4\nsize=3\nstride=4\npad=1\n"
-                   "activation=leaky\n[crnn]\nsize=3\npad=1\nhidden=4\noutput=12\nactivation=leaky\n"
-                   "[yolo]\nmask=0,1\nanchors=8,8,16,16\nclasses=1\nnum=2\n")
-    torch.manual_seed(0)
-    Darknet.from_cfg(cfg).save_weights(tmp_path / "r.weights")
-    net = darkpy.load(cfg, tmp_path / "r.weights", names=None, device="cpu", thresh=0.001, batch=2)
+    cfg, weights = tiny_recurrent_detector(tmp_path)
+    net = darkpy.load(cfg, weights, names=None, device="cpu", thresh=0.001, batch=2)
     rng = np.random.default_rng(1)
     frames = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
 
@@ -114,5 +107,5 @@ def test_recurrent_network_carries_its_state_through_a_video_until_reset(tmp_pat
     one_by_one = scores([net(frame, bgr=False) for frame in frames])
     net.reset_state()
     assert same(together, one_by_one) and same(scores([net(frames[0], bgr=False)]), one_by_one[:1])
-    fresh = darkpy.load(cfg, tmp_path / "r.weights", device="cpu", thresh=0.001)
+    fresh = darkpy.load(cfg, weights, device="cpu", thresh=0.001)
     assert not same(scores([fresh(frames[1], bgr=False)]), one_by_one[1:2])  # without frame 0's state: differs
