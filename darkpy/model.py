@@ -73,7 +73,8 @@ class Darknet(nn.Module):
             # Darknet's text and sequence models (cfg/rnn.cfg, gru.cfg, lstm.train.cfg...): `inputs=` values a
             # step and no image; C Darknet itself stops on them outside its `rnn` command.
             raise net.error(f"is not set: this [net] takes inputs={net.get_str('inputs')} values, not an image "
-                            f"(a text or sequence model for Darknet's rnn command, which darkpy does not build)", key)
+                            f"(a text model for Darknet's `rnn` command, fed one character at a time, which darkpy does not run; "
+                            f"darkpy runs [rnn], [gru] and [lstm] layers in networks that take an image)", key)
         if value is None or value < 1:
             raise net.error(f"must be a positive integer (got {value})", key)
         return value

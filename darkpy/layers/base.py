@@ -80,12 +80,12 @@ class Layer(nn.Module):
 
     # ---- helpers for subclasses ---------------------------------------------------------------------------
     @staticmethod
-    def activation_of(section: Section, default: str):
-        name = section.get_str("activation", default)
+    def activation_of(section: Section, default: str, key: str = "activation"):
+        name = section.get_str(key, default)
         try:
             return name, get_activation(name)
         except KeyError:
-            raise section.error(f"unknown activation '{name}'", "activation") from None
+            raise section.error(f"unknown activation '{name}'", key) from None
 
     @staticmethod
     def unsupported_if_set(section: Section, keys: Sequence[str], why: str = "is not supported by darkpy") -> None:

@@ -21,7 +21,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from darkpy.activations import get_activation
 from darkpy.cfg import Option, Section
 from darkpy.layers.base import BuildContext, Layer, Shape, register
 from darkpy.layers.basic import ConnectedLayer
@@ -49,7 +48,6 @@ class RecurrentLayer(Layer):
         super().__init__(section, ctx)
         self.time_steps = ctx.time_steps
         self.state: Optional[State] = None
-        self.unsupported_if_set(section, ("xnor",), "is not supported by darkpy in a recurrent layer")
 
     def reset_state(self) -> None:
         """Forget the state: the next frame starts from zeros, as after loading."""
@@ -100,15 +98,16 @@ class ConvRecurrentLayer(RecurrentLayer):
     """A recurrent layer of convolutions: reads Darknet's convolution options once and builds the sub-layers."""
 
     def read_conv_options(self, s: Section, default_activation: str) -> Dict[str, object]:
+        """What parse_crnn and parse_conv_lstm pass to every sub-convolution."""
+        self.unsupported_if_set(s, ("xnor",), "is not supported by darkpy in a recurrent layer")
         size = s.get_int("size", 3)
-        pad = s.get_int("pad", 0)
-        options = {"size": size, "stride": s.get_int("stride", 1), "dilation": s.get_int("dilation", 1),
-                   "padding": size // 2 if pad else s.get_int("padding", 0), "groups": s.get_int("groups", 1),
-                   "activation": self.activation_of(s, default_activation)[0],
-                   "batch_normalize": s.get_int("batch_normalize", 0)}
-        if pad:
-            s.get_int("padding", 0)
-        return options
+        padding = s.get_int("padding", 0)
+        if s.get_int("pad", 0):
+            padding = size // 2
+        return {"size": size, "stride": s.get_int("stride", 1), "dilation": s.get_int("dilation", 1),
+                "padding": padding, "groups": s.get_int("groups", 1),
+                "activation": self.activation_of(s, default_activation)[0],
+                "batch_normalize": s.get_int("batch_normalize", 0)}
 
     def conv(self, s: Section, options: Dict[str, object], in_shape: Shape, filters: int) -> ConvLayer:
         """One sub-convolution; Darknet asserts its output has the input's height and width (the state is both)."""
@@ -182,7 +181,7 @@ class ConvLstmLayer(ConvRecurrentLayer):
         self.state_constrain = s.get_int("state_constrain", None)
         s.get_int("shortcut", 0)  # only acts with bottleneck=1 (GPU build)
         # Darknet's GPU build applies lstm_activation to g and to the cell for h; its CPU build always tanh
-        self.lstm_activation = self.activation_of_key(s, "lstm_activation", "tanh")
+        self.lstm_activation = self.activation_of(s, "tanh", "lstm_activation")[1]
         self.training_only(s, ("time_normalizer",))
         hidden = (self.filters, h, w)
         names = (["vf", "vi", "vo"] if self.peephole else []) + ["wf", "wi", "wg", "wo", "uf", "ui", "ug", "uo"]
@@ -190,13 +189,6 @@ class ConvLstmLayer(ConvRecurrentLayer):
             setattr(self, name, self.conv(s, options, (c, h, w) if name[0] == "u" else hidden, self.filters))
         self.parts = tuple(names)
         self.out_shape = self.uo.out_shape
-
-    def activation_of_key(self, s: Section, key: str, default: str):
-        name = s.get_str(key, default)
-        try:
-            return get_activation(name)
-        except KeyError:
-            raise s.error(f"unknown activation '{name}'", key) from None
 
     def constrain(self) -> float:
         if self.state_constrain is not None:
