@@ -325,8 +325,8 @@ class RnnLayer(ConnectedRecurrentLayer):
 @register("gru")
 class GruLayer(ConnectedRecurrentLayer):
     """[gru] (forward_gru_layer): z = σ(Uz x + Wz s), r = σ(Ur x + Wr s), h = σ(Uh x + Wh (r s)), and the new
-    state and output z s + (1 - z) h. Darknet's CPU build uses the logistic for h (USET is not defined in
-    gru_layer.c), as here; its GPU build uses tanh."""
+    state and output z s + (1 - z) h. The logistic for h, not tanh: gru_layer.c chooses tanh only under a USET
+    macro that no header it includes defines (in both its CPU and GPU forward)."""
 
     parts = ("input_z_layer", "input_r_layer", "input_h_layer", "state_z_layer", "state_r_layer", "state_h_layer")
 

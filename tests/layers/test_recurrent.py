@@ -140,3 +140,7 @@ def test_history_at_detection_is_the_input_then_zeros(tmp_path):
     y = model(x)
     assert y.shape == (2, 6, 4, 4)
     assert torch.equal(y[:, :2], x) and not y[:, 2:].any()
+    # training with time_steps=2 (forward_history_layer): each step's input, then the step before's output
+    model = small(tmp_path, "[history]\nhistory_size=3\n", "width=4\nheight=4\nchannels=2\ntime_steps=2").train()
+    y = model(torch.cat([x, x + 1]))  # step 0: rows 0, 1; step 1: rows 2, 3
+    assert torch.equal(y[2:, :2], x + 1) and torch.equal(y[2:, 2:4], x) and not y[2:, 4:].any()
