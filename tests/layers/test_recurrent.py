@@ -144,3 +144,20 @@ def test_history_at_detection_is_the_input_then_zeros(tmp_path):
     model = small(tmp_path, "[history]\nhistory_size=3\n", "width=4\nheight=4\nchannels=2\ntime_steps=2").train()
     y = model(torch.cat([x, x + 1]))  # step 0: rows 0, 1; step 1: rows 2, 3
     assert torch.equal(y[2:, :2], x + 1) and torch.equal(y[2:, 2:4], x) and not y[2:, 4:].any()
+
+
+def test_connected_sub_layers_are_read_transposed_when_the_header_says_so(tmp_path):
+    """parser.c's load_weights passes `transpose` to every connected sub-layer of [rnn], [gru] and [lstm]."""
+    import struct
+    cfg = LOCAL_FIXTURES / "recurrent-flat" / "cfg.cfg"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, other = Darknet.from_cfg(cfg), Darknet.from_cfg(cfg)
+    # the 2-D arrays are the connected weights (out, in); a transposing file stores them (in, out)
+    floats = [(t.detach().t() if t.dim() == 2 else t.detach()).contiguous().numpy().ravel()
+              for layer in model.layers for t in layer.darknet_arrays()]
+    path = tmp_path / "transposed.weights"
+    path.write_bytes(struct.pack("<iiiQ", 0, 1001, 0, 0) + np.concatenate(floats).astype("<f4").tobytes())
+    assert other.load_weights(path).complete
+    for ours, theirs in zip(other.parameters(), model.parameters()):
+        assert torch.equal(ours, theirs)
