@@ -59,15 +59,23 @@ class RecurrentLayer(Layer):
             raise ValueError(f"{self.section.file}:{self.section.line}: [{self.type}] in training the batch "
                              f"({x.shape[0]}) must be a multiple of [net] time_steps ({steps})")
         batch = x.shape[0] // steps
-        state = self.state
-        if self.training or state is None or state[0].shape[0] != batch:
-            state = self.initial_state(batch, x)
+        state = self.carried_state(batch, x)
         ys = []
         for t in range(steps):
             y, state = self.step(x[t * batch:(t + 1) * batch], state)
             ys.append(y)
         self.state = None if self.training else tuple(s.detach() for s in state)
         return torch.cat(ys)
+
+    def carried_state(self, batch: int, x: torch.Tensor) -> State:
+        """The state the last call left (on x's device and dtype), or zeros: in training, after a reset, or when
+        the batch of parallel sequences changed."""
+        if self.training or self.state is None or self.state[0].shape[0] != batch:
+            return self.initial_state(batch, x)
+        state = tuple(s.to(x) for s in self.state)
+        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+            state = tuple(s.clone() if s.is_inference() else s for s in state)  # left by an inference_mode call
+        return state
 
     def initial_state(self, batch: int, x: torch.Tensor) -> State:  # pragma: no cover
         raise NotImplementedError

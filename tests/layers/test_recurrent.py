@@ -161,3 +161,14 @@ def test_connected_sub_layers_are_read_transposed_when_the_header_says_so(tmp_pa
     assert other.load_weights(path).complete
     for ours, theirs in zip(other.parameters(), model.parameters()):
         assert torch.equal(ours, theirs)
+
+
+def test_state_left_by_inference_mode_serves_a_later_call_with_autograd(tmp_path):
+    model = small(tmp_path, "[conv_lstm]\noutput=2\nsize=3\npad=1\n").eval()
+    x = torch.rand(2, 2, 4, 4)
+    with torch.inference_mode():
+        model(x[:1])
+    frame = x[1:].clone().requires_grad_()
+    model(frame).sum().backward()  # would fail on the inference tensor of the state
+    assert frame.grad.abs().sum() > 0
+    assert model.double()(x[:1].double()).dtype == torch.float64  # the state follows the input's dtype
