@@ -216,6 +216,11 @@ class Network:
     def model(self):
         return self.detector.model
 
+    def reset_state(self) -> None:
+        """Start a new video: a network with recurrent layers ([crnn], [conv_lstm]...) carries its state from
+        each image to the next, in the order they are given (a list is consecutive frames)."""
+        self.model.reset_state()
+
     def __call__(self, images: Union[Image, Sequence[Image]], bgr: Optional[bool] = None,
                  thresh: Optional[float] = None) -> Union[Results, List[Results]]:
         """Detections for one image (a Results) or a list of images (a list of Results, in batches)."""

@@ -177,7 +177,9 @@ def free_network_ptr(net: Network) -> None:
 
 
 def reset_rnn(net: Network) -> None:
-    """darkpy has no recurrent layers, so there is no state to reset."""
+    """Zero the state of the recurrent layers ([crnn], [conv_lstm]...), as Darknet's GPU build does (its CPU
+    build's reset_network_state does nothing)."""
+    net.model.reset_state()
 
 
 # ============================================================================ images

@@ -299,6 +299,11 @@ def export_onnx(model: nn.Module, path: Union[str, Path], opset: int = DEFAULT_O
     Raises ExportError naming the layers (index, type, cfg file:line) that the exporter refuses, and why."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"opset {opset} is not supported: use {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
+    recurrent = getattr(model, "recurrent_layers", list)()
+    if recurrent:  # a traced graph would freeze the state at zeros and treat its batch as frames
+        section = recurrent[0].section
+        raise ExportError(f"{section.file}:{section.line}: [{section.written_type}] keeps a state from frame to "
+                          f"frame; darkpy does not export recurrent networks to ONNX")
     model.fuse().eval()
     module = ExportModule(model, decode=decode)
     names = module.output_names()

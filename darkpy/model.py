@@ -46,7 +46,9 @@ class Darknet(nn.Module):
         self.weights_version = None
         self.is_fused = False
 
-        ctx = BuildContext(index=0, input_shape=(self.channels, self.height, self.width))
+        # parse_network_cfg_custom: time_steps below 1 counts as 1
+        ctx = BuildContext(index=0, input_shape=(self.channels, self.height, self.width),
+                           time_steps=max(1, net.get_int("time_steps", 1)))
         for index, section in enumerate(sections[1:]):
             ctx.index = index
             layer = self._build(section, ctx)
@@ -71,7 +73,8 @@ class Darknet(nn.Module):
             # Darknet's text and sequence models (cfg/rnn.cfg, gru.cfg, lstm.train.cfg...): `inputs=` values a
             # step and no image; C Darknet itself stops on them outside its `rnn` command.
             raise net.error(f"is not set: this [net] takes inputs={net.get_str('inputs')} values, not an image "
-                            f"(a text or sequence model for Darknet's rnn command, which darkpy does not build)", key)
+                            f"(a text model for Darknet's `rnn` command, fed one character at a time, which darkpy does not run; "
+                            f"darkpy runs [rnn], [gru] and [lstm] layers in networks that take an image)", key)
         if value is None or value < 1:
             raise net.error(f"must be a positive integer (got {value})", key)
         return value
@@ -116,6 +119,18 @@ class Darknet(nn.Module):
             x = layer(x, outputs)
             outputs.append(x if keep_all or self._keep[i] else None)
         return outputs
+
+    def reset_state(self) -> "Darknet":
+        """Forget the state of the recurrent layers ([crnn], [conv_lstm], [lstm]...), as before the first frame:
+        call it before a new video. In eval mode a recurrent layer carries its state from each frame to the next,
+        a batch being consecutive frames (darkpy/layers/recurrent.py); nothing else keeps state."""
+        for layer in self.recurrent_layers():
+            layer.reset_state()
+        return self
+
+    def recurrent_layers(self) -> List[Layer]:
+        """The layers that keep a state from one call to the next."""
+        return [layer for layer in self.layers if hasattr(layer, "reset_state")]
 
     def resized(self, width: int, height: int) -> "Darknet":
         """The same network built for another input size, sharing this one's parameters and buffers (Darknet's

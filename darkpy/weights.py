@@ -113,7 +113,8 @@ def read_header(data: bytes, path: str) -> WeightsHeader:
 
 
 def _is_transposed_connected(layer, tensor) -> bool:
-    return layer.type == "connected" and tensor is layer.weight
+    """A [connected] weight array (of a [connected] layer or of a recurrent layer's connected sub-layers)."""
+    return any(tensor is weight for weight in getattr(layer, "connected_weights", list)())
 
 
 def count_floats(layers: Sequence[Any]) -> int:

@@ -7,10 +7,10 @@ import sys
 import cv2
 import numpy as np
 import pytest
-
 from conftest import ORACLE, REPO, SHARED, require
 
 import darkpy
+from helpers.recurrent import tiny_recurrent_detector
 
 FIXTURES = REPO / "tests" / "fixtures" / "darknet_cli"
 CFG = ORACLE / "real-yolov3-tiny" / "cfg.cfg"
@@ -88,3 +88,24 @@ def test_a_classifier_gives_darknets_top_classes(tmp_path):
         assert [line.split(":")[0] for line in result.lines(5)] == [line.split(":")[0] for line in darknet]
         assert [p for _, p in result.top(5)] == pytest.approx([float(line.split()[1]) for line in darknet],
                                                                abs=1.5e-6)
+
+
+def test_recurrent_network_carries_its_state_through_a_video_until_reset(tmp_path):
+    cfg, weights = tiny_recurrent_detector(tmp_path)
+    net = darkpy.load(cfg, weights, names=None, device="cpu", thresh=0.001, batch=2)
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
+
+    def scores(results):  # each frame's objectness values, sorted (a batched convolution rounds differently)
+        return [np.sort([d.objectness for d in r.detections]) for r in results]
+
+    def same(a, b):
+        return len(a) == len(b) and all(x.shape == y.shape and np.allclose(x, y, rtol=1e-5) for x, y in zip(a, b))
+
+    together = scores(net(frames, bgr=False))  # batches of 2 then 1: still one video, in order
+    net.reset_state()
+    one_by_one = scores([net(frame, bgr=False) for frame in frames])
+    net.reset_state()
+    assert same(together, one_by_one) and same(scores([net(frames[0], bgr=False)]), one_by_one[:1])
+    fresh = darkpy.load(cfg, weights, device="cpu", thresh=0.001)
+    assert not same(scores([fresh(frames[1], bgr=False)]), one_by_one[1:2])  # without frame 0's state: differs

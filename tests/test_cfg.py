@@ -74,7 +74,7 @@ def test_unused_keys_warn_once_listing_them(tmp_path):
            "from=-2\n", 13, "from", "same whole ratio"),
     (NET + "[convolutional]\nfilters=20\nactivation=linear\n[yolo]\nclasses=80\nmask=0,1,2\nnum=3\n"
            "anchors=1,2,3,4,5,6\n", 9, "classes", "needs filters=255"),
-    (NET + "[lstm]\noutput=4\n", 5, None, "recurrent layers are not supported"),
+    (NET + "[local]\nfilters=4\n", 5, None, "locally connected layers are not supported"),
     (NET + "[convolutional]\nfilters=4\nbinary=1\n", 7, "binary", "not supported"),
     ("[convolutional]\nfilters=4\n", 1, None, "first section must be [net]"),
     (NET + "[convolutional]\nfilters 4\n", 6, None, "expected key=value"),

@@ -260,3 +260,10 @@ def test_cli_errors_are_messages(tmp_path, capsys):
         export_onnx(model, tmp_path / "c.onnx", decode=True)
     with pytest.raises(ExportError, match="opset 11 is not supported"):
         export_onnx(model, tmp_path / "c.onnx", opset=11)
+
+
+def test_recurrent_network_is_refused_naming_the_layer(tmp_path):
+    cfg = tmp_path / "r.cfg"
+    cfg.write_text("[net]\nwidth=4\nheight=4\nchannels=1\n[crnn]\nsize=1\noutput=2\n")
+    with pytest.raises(ExportError, match=r"r.cfg:5: \[crnn\] keeps a state from frame to frame"):
+        export_onnx(Darknet.from_cfg(cfg), tmp_path / "r.onnx")

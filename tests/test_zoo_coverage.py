@@ -21,8 +21,6 @@ REFUSED = {
     # text and sequence models for Darknet's `rnn` command (C Darknet stops on them with SIGFPE when loading)
     "rnn.cfg": TEXT_MODEL, "rnn.train.cfg": TEXT_MODEL, "gru.cfg": TEXT_MODEL, "lstm.train.cfg": TEXT_MODEL,
     "crnn.train.cfg": TEXT_MODEL,
-    # not built yet (issue #12)
-    "yolov3-tiny_occlusion_track.cfg": "recurrent layers are not supported",
 }
 
 

@@ -13,6 +13,7 @@ import stat
 import sys
 import tempfile
 import time
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO
 
@@ -340,11 +341,17 @@ def _detect_all(network: Network, sources: List[Source], args: argparse.Namespac
     # a camera is processed frame by frame (latency matters more than throughput)
     batch_size = 1 if any(s.kind == "camera" for s in sources) else network.detector.batch_size
     frames = _readable(iterate_frames(sources, network.detector.preprocess), counts)
-    for batch in batched(frames, batch_size):
-        _process_batch(network, batch, args, writer, echo)
-        counts.processed += len(batch)
-        if bar is not None:
-            bar.update(len(batch))
+    # a recurrent network carries its state from frame to frame (images included, as `detector test` does) but
+    # starts each video from zeros, as a new `darknet detector demo` does
+    recurrent = bool(network.model.recurrent_layers())
+    for source, run in groupby(frames, key=lambda frame: frame.source) if recurrent else [(None, frames)]:
+        if source is not None and source.kind != "image":
+            network.reset_state()
+        for batch in batched(run, batch_size):
+            _process_batch(network, batch, args, writer, echo)
+            counts.processed += len(batch)
+            if bar is not None:
+                bar.update(len(batch))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,17 +2,11 @@
 
 The detection heads are in darkpy.heads (which imports layers.base): they register when that package is imported,
 as darkpy.model does."""
-from darkpy.layers import attention, basic, conv, pool, resample, route  # noqa: F401  (registration)
+from darkpy.layers import attention, basic, conv, pool, recurrent, resample, route  # noqa: F401  (registration)
 from darkpy.layers.base import LAYER_TYPES, BuildContext, Layer
 
 # Sections Darknet knows that darkpy deliberately does not build (they fail at load time, named).
 UNSUPPORTED = {
-    "rnn": "recurrent layers are not supported",
-    "gru": "recurrent layers are not supported",
-    "lstm": "recurrent layers are not supported",
-    "crnn": "recurrent layers are not supported",
-    "conv_lstm": "recurrent layers are not supported",
-    "history": "recurrent layers are not supported",
     "local": "locally connected layers are not supported",
     "normalization": "local response normalization is not supported",
     "deconvolutional": "deconvolution is not supported",

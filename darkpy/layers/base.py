@@ -34,6 +34,7 @@ class BuildContext:
     input_shape: Shape  # the network input (c, h, w)
     shapes: List[Shape] = field(default_factory=list)  # output shape of every layer built so far
     layers: List["Layer"] = field(default_factory=list)
+    time_steps: int = 1  # [net] time_steps: the steps a recurrent layer walks per training batch
 
     @property
     def prev_shape(self) -> Shape:
@@ -79,12 +80,12 @@ class Layer(nn.Module):
 
     # ---- helpers for subclasses ---------------------------------------------------------------------------
     @staticmethod
-    def activation_of(section: Section, default: str):
-        name = section.get_str("activation", default)
+    def activation_of(section: Section, default: str, key: str = "activation"):
+        name = section.get_str(key, default)
         try:
             return name, get_activation(name)
         except KeyError:
-            raise section.error(f"unknown activation '{name}'", "activation") from None
+            raise section.error(f"unknown activation '{name}'", key) from None
 
     @staticmethod
     def unsupported_if_set(section: Section, keys: Sequence[str], why: str = "is not supported by darkpy") -> None:
@@ -103,6 +104,11 @@ class Layer(nn.Module):
     # ---- what the model, the weights codec and the summary use ------------------------------------------------
     def darknet_arrays(self) -> List[torch.Tensor]:
         """The tensors stored for this layer in a .weights file, in Darknet's order (none by default)."""
+        return []
+
+    def connected_weights(self) -> List[torch.Tensor]:
+        """Those of darknet_arrays() that are [connected] weights, which a .weights file whose major or minor
+        version is over 1000 stores transposed."""
         return []
 
     def bflops(self) -> float:

@@ -49,6 +49,9 @@ class ConnectedLayer(Layer):
             arrays += [self.bn_weight, self.running_mean, self.running_var]
         return arrays
 
+    def connected_weights(self):
+        return [self.weight]
+
     def bflops(self) -> float:
         # Darknet leaves connected layers out of its BFLOPs total (alexnet: 2.154, not 2.272).
         return 0.0

@@ -121,6 +121,11 @@ def _build_model(sections: List[Section], options: TrainOptions, device: torch.d
         model = Darknet(sections, width=options.width, height=options.height)
     if not model.heads:
         raise TrainError(f"{options.cfg}: the cfg has no [yolo] or [region] layer; darkpy trains detectors only")
+    recurrent = (model.recurrent_layers() or [None])[0]
+    if recurrent is not None:  # Darknet trains them on sequences of video frames (track=1, time_steps)
+        raise TrainError(f"{recurrent.section.file}:{recurrent.section.line}: [{recurrent.section.written_type}] "
+                         f"darkpy runs recurrent layers but does not train them (Darknet trains them on sequences "
+                         f"of video frames: [net] track=1, time_steps)")
     frozen_layers = _freeze_before_stopbackward(model)
     model.to(device)
     model.train()

@@ -313,3 +313,26 @@ def test_default_run_uses_the_bundled_files(tmp_path, capsys, monkeypatch):
     assert classes == ["toilet", "tie", "tie", "tie"]  # coffee, grace_hopper; the others print nothing
     assert "toilet: 40%" in captured.out.splitlines()
     assert (tmp_path / "out" / "coffee.jpg").exists()
+
+
+def test_recurrent_network_starts_each_video_from_zero_state(tmp_path, capsys):
+    """A [crnn] detector carries its state from frame to frame, and each video starts again from zeros (a new
+    `darknet detector demo`): two copies of one video give the same detections, frame for frame."""
+    from helpers.recurrent import tiny_recurrent_detector
+    cfg, weights = tiny_recurrent_detector(tmp_path)
+    (tmp_path / "one.names").write_text("thing\n")
+    rng = np.random.default_rng(0)
+    pictures = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    for name in ("a.avi", "b.avi"):
+        writer = cv2.VideoWriter(str(tmp_path / name), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+        for picture in pictures:
+            writer.write(picture)
+        writer.release()
+    out = tmp_path / "r.json"
+    code = detect.run(_args("--cfg", cfg, "--weights", weights, "--names", tmp_path / "one.names",
+                            "--device", "cpu", "--thresh", "0.001", "--batch", "2", "--no-save", "--out", out,
+                            tmp_path / "a.avi", tmp_path / "b.avi"))
+    assert code == 0, capsys.readouterr().err
+    records = [r["objects"] for r in json.loads(out.read_text())]
+    assert len(records) == 6 and records[:3] == records[3:]
+    assert records[0] != records[1]

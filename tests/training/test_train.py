@@ -317,3 +317,14 @@ def test_stopbackward_freezes_that_layer_and_those_before(tmp_path):
     assert all(torch.equal(a, p.detach()) for a, p in zip(before, frozen))
     assert not torch.equal(t.model.layers[4].weight.detach(), trained_before)  # the layers after it train
     t.close()
+
+
+def test_recurrent_network_is_refused_with_its_layer(tmp_path):
+    data = make_dataset(tmp_path, images=4)
+    cfg = write_cfg(tmp_path, max_batches=3)
+    text = cfg.read_text().replace("[yolo]", "[crnn]\nsize=1\nhidden=2\noutput=14\nactivation=linear\n\n[yolo]", 1)
+    cfg.write_text(text)
+    line = text.splitlines().index("[crnn]") + 1
+    with pytest.raises(TrainError, match=rf"tiny.cfg:{line}: \[crnn\] darkpy runs recurrent layers but does not "
+                                         "train them"):
+        trainer(data, cfg)
