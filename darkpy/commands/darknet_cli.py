@@ -231,14 +231,19 @@ def _train(files: Sequence[str], flags: Dict[str, Optional[str]], warnings: List
     """detector train DATA CFG [WEIGHTS]; -gpus N is --device cuda:N (several GPUs: torchrun)."""
     argv = ["train", "--data", files[0], "--cfg", files[1]] + _weights(files[2:])
     argv += _mapped_flags(flags, _TRAIN_FLAGS, "detector train", warnings)
+    return Translation(argv + _first_gpu(flags, warnings), warnings)
+
+
+def _first_gpu(flags: Dict[str, Optional[str]], warnings: List[str]) -> List[str]:
+    """-gpus N,M...: --device N (several GPUs: torchrun)."""
     gpus = flags.get("-gpus")
-    if gpus is not None:
-        first = gpus.split(",")[0]
-        if "," in gpus:
-            warnings.append(f"-gpus {gpus}: darkpy trains on several GPUs when started by torchrun "
-                            f"(docs/train.md); this run uses GPU {first} only")
-        argv += ["--device", first]
-    return Translation(argv, warnings)
+    if gpus is None:
+        return []
+    first = gpus.split(",")[0]
+    if "," in gpus:
+        warnings.append(f"-gpus {gpus}: darkpy trains on several GPUs when started by torchrun "
+                        f"(docs/train.md); this run uses GPU {first} only")
+    return ["--device", first]
 
 
 def _coco_shortcut(positional: Sequence[str], flags: Dict[str, Optional[str]],
@@ -265,14 +270,26 @@ def _classifier(command: str, positional: Sequence[str], flags: Dict[str, Option
         positional = ["predict", IMAGENET_DATA] + list(positional)
         flags = {"-t": "5", **flags}
     mode = positional[0] if positional else ""
-    if mode not in ("predict", "valid"):
-        raise DarknetUsageError(f"classifier {mode}: not implemented (darkpy runs `classifier predict` and "
-                                f"`classifier valid`; classifier training is not implemented yet)")
+    if mode not in ("predict", "valid", "train"):
+        raise DarknetUsageError(f"classifier {mode}: not implemented (darkpy runs `classifier predict`, "
+                                f"`classifier valid` and `classifier train`)")
+    if mode == "train":
+        return _classifier_train(positional[1:], flags, warnings)
     if len(positional) < 3:
         raise DarknetUsageError(f"usage: darkpy classifier {mode} DATA CFG [WEIGHTS] [IMAGE] [-t TOP]")
     argv = ["classifier"] + [word.rstrip("\r") for word in positional[:5]]
     argv += _mapped_flags(flags, {"-t": "--top", "-i": None, "-dont_show": None}, f"classifier {mode}", warnings)
     return Translation(argv, warnings)
+
+
+def _classifier_train(files: Sequence[str], flags: Dict[str, Optional[str]], warnings: List[str]) -> Translation:
+    """classifier train DATA CFG [WEIGHTS] [-topk] [-clear]; -gpus N is --device cuda:N, as for detector train."""
+    if len(files) < 2:
+        raise DarknetUsageError("usage: darkpy classifier train DATA CFG [WEIGHTS] [-topk] [-clear]")
+    argv = ["classifier", "train"] + [word.rstrip("\r") for word in files[:3]]
+    argv += _mapped_flags(flags, {"-topk": "--topk", "-clear": "--clear", "-i": "--device", "-gpus": None,
+                                  "-dont_show": None}, "classifier train", warnings)
+    return Translation(argv + _first_gpu(flags, warnings), warnings)
 
 
 _MODES: Dict[str, Tuple[Callable[[Sequence[str], Dict[str, Optional[str]], List[str]], Translation], int, str]] = {

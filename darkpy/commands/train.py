@@ -1,5 +1,5 @@
 """`darkpy train`: Darknet's `detector train` (src/detector.c train_detector); the loop is
-darkpy.training.trainer."""
+darkpy.training.trainer. Its options and error handling serve `darkpy classifier train` too."""
 import argparse
 import sys
 
@@ -18,6 +18,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", required=True, help="network .cfg")
     parser.add_argument("--weights", help="initial weights: a full .weights (continues its iteration count), a "
                                            "partial backbone *.conv.N, or none for Darknet's random initialisation")
+    parser.add_argument("--map", action="store_true",
+                        help="compute mAP@0.5 on the valid list during training (Darknet's -map) and keep "
+                             "<cfg>_best.weights")
+    parser.add_argument("--map-epochs", type=int, default=4,
+                        help="with --map: compute it every this many epochs of the train list, at least every "
+                             "100 iterations (Darknet's -mAP_epochs, default 4)")
+    add_training_arguments(parser)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `darkpy train` and `darkpy classifier train` share."""
     parser.add_argument("--clear", "-clear", action="store_true",
                         help="reset the iteration count (seen) of the weights to 0 (Darknet's -clear)")
     parser.add_argument("--resume", action="store_true",
@@ -35,12 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU training: torch threads (default: one per core)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
-    parser.add_argument("--map", action="store_true",
-                        help="compute mAP@0.5 on the valid list during training (Darknet's -map) and keep "
-                             "<cfg>_best.weights")
-    parser.add_argument("--map-epochs", type=int, default=4,
-                        help="with --map: compute it every this many epochs of the train list, at least every "
-                             "100 iterations (Darknet's -mAP_epochs, default 4)")
     parser.add_argument("--amp", dest="amp", action="store_true", default=None,
                         help="mixed precision (default: on with CUDA)")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision")
@@ -49,30 +54,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also print Darknet's per-layer loss lines for every mini-batch")
 
 
-def options_from_args(args: argparse.Namespace) -> TrainOptions:
+def options_from_args(args: argparse.Namespace, task: str = "detector", evaluate: bool = False,
+                      epochs: int = 4) -> TrainOptions:
+    """TrainOptions from the parsed arguments (args.data, args.cfg, args.weights and add_training_arguments')."""
     return TrainOptions(data=args.data, cfg=args.cfg, weights=args.weights, clear=args.clear, resume=args.resume,
                         max_batches=args.max_batches, batch=args.batch, subdivisions=args.subdivisions,
                         width=args.width, height=args.height, learning_rate=args.learning_rate, device=args.device,
-                        workers=args.workers, threads=args.threads, seed=args.seed, calc_map=args.map,
-                        map_epochs=args.map_epochs, amp=args.amp, progress=not args.no_progress,
-                        verbose=args.verbose)
+                        workers=args.workers, threads=args.threads, seed=args.seed, calc_map=evaluate,
+                        map_epochs=epochs, amp=args.amp, progress=not args.no_progress,
+                        verbose=args.verbose, task=task)
 
 
 def run(args: argparse.Namespace) -> int:
     """`darkpy train`: 0 when max_batches is reached, 128 + the signal's number after Ctrl-C, SIGTERM or SIGHUP
     (with _last saved), 1 on bad input or when data loading failed (with _last saved)."""
+    return run_training(options_from_args(args, evaluate=args.map, epochs=args.map_epochs), "train")
+
+
+def run_training(options: TrainOptions, command: str) -> int:
+    """Train (detector or classifier, options.task); `command` names the command in messages."""
     try:
-        trainer = Trainer(options_from_args(args))
+        trainer = Trainer(options)
     except (TrainError, CfgError, DataError, WeightsError, LossError, ScheduleError, OSError, ValueError) as error:
-        print(f"darkpy train: error: {error}", file=sys.stderr)
+        print(f"darkpy {command}: error: {error}", file=sys.stderr)
         return 1
     try:
         return trainer.train()
     except (DataError, WeightsError, OSError) as error:
-        print(f"darkpy train: error: {error}", file=sys.stderr)
+        print(f"darkpy {command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ndarkpy train: interrupted twice: stopped without saving", file=sys.stderr)
+        print(f"\ndarkpy {command}: interrupted twice: stopped without saving", file=sys.stderr)
         return 130
     finally:
         trainer.close()

@@ -23,7 +23,7 @@ from darkpy.training.settings import AugmentConfig
 
 MAX_IMAGE_TRIES = 100  # unreadable images are replaced by other random ones; give up after this many
 
-class _ProblemLog:
+class ProblemLog:
     """DataProblems' warn() interface, recording (kind, message) pairs to be replayed in the main process."""
 
     def __init__(self) -> None:
@@ -60,12 +60,12 @@ class DetectionTrainSet(Dataset):
     def __getitem__(self, key: SampleKey) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[str, str]]]:
         if not isinstance(key, SampleKey):
             raise TypeError("index the training set with SampleKey(index, width, height, ...) from IterationSampler")
-        log = _ProblemLog()
+        log = ProblemLog()
         rng = key.rng()
         image, truths = self.sample(key.index, key.width, key.height, rng, log)
         padded = torch.zeros((self.config.max_boxes, 5), dtype=torch.float32)
         padded[: len(truths)] = torch.from_numpy(truths)
-        return torch.from_numpy(np.ascontiguousarray(image)), padded, self._hand_over(log)
+        return torch.from_numpy(np.ascontiguousarray(image)), padded, hand_over(self, log)
 
     def sample(self, index: int, net_w: int, net_h: int, rng: np.random.Generator,
                problems: Optional[DataProblems] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -86,7 +86,7 @@ class DetectionTrainSet(Dataset):
                 try:
                     image = load_image(path)
                 except ImageError as error:
-                    report_missing_image(problems, path, _reason(error, path))
+                    report_missing_image(problems, path, image_error_reason(error, path))
                     self._unreadable.add(index)
                 else:
                     labels_file = label_path(path)
@@ -107,16 +107,18 @@ class DetectionTrainSet(Dataset):
         state["problems"] = None
         return state
 
-    def _hand_over(self, log: _ProblemLog) -> List[Tuple[str, str]]:
-        """In the main process record problems at once; from a worker send them back with the batch."""
-        if get_worker_info() is None:
-            for kind, message in log.items:
-                self.problems.warn(kind, message)
-            return []
-        return log.items
+
+def hand_over(dataset, log: ProblemLog) -> List[Tuple[str, str]]:
+    """In the main process record a sample's problems in `dataset.problems` at once; from a loader worker send
+    them back with the batch (TrainBatches records them)."""
+    if get_worker_info() is None:
+        for kind, message in log.items:
+            dataset.problems.warn(kind, message)
+        return []
+    return log.items
 
 
-def _reason(error: ImageError, path: str) -> str:
+def image_error_reason(error: ImageError, path: str) -> str:
     text = str(error)
     prefix = f"{path}: "
     return text[len(prefix):] if text.startswith(prefix) else text
@@ -124,7 +126,8 @@ def _reason(error: ImageError, path: str) -> str:
 
 def collate_detections(items: Sequence[Tuple[torch.Tensor, torch.Tensor, List[Tuple[str, str]]]]
                        ) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[str, str]]]:
-    """Stack a batch: images (B, 3, h, w), truths (B, max, 5), and the problems of all its samples."""
+    """Stack a batch: images (B, 3, h, w), truths (B, max, 5) (a classifier's: (B, classes)), and the problems of
+    all its samples."""
     images = torch.stack([item[0] for item in items])
     truths = torch.stack([item[1] for item in items])
     problems = [problem for item in items for problem in item[2]]

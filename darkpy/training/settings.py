@@ -62,8 +62,9 @@ class TrainOptions:
     workers: Optional[int] = None
     threads: Optional[int] = None
     seed: Optional[int] = None
-    calc_map: bool = False
-    map_epochs: int = 4
+    calc_map: bool = False  # evaluate during training: -map (detector), -topk (classifier)
+    map_epochs: int = 4  # every this many epochs (Darknet: -mAP_epochs, 4; -topk: 2)
+    task: str = "detector"  # or "classifier"
     amp: Optional[bool] = None
     progress: bool = True
     verbose: bool = False
@@ -189,7 +190,7 @@ class TrainSettings:
     cfg_decay: float  # [net] decay as written (printed)
     ema_alpha: float
     max_chart_loss: float
-    augment: AugmentConfig
+    augment: AugmentConfig  # or a classifier's ClassifierAugment
 
     @property
     def mini_batch(self) -> int:
@@ -201,9 +202,9 @@ class TrainSettings:
         return self.mini_batch * self.subdivisions
 
     @classmethod
-    def read(cls, net: Section, head, options: TrainOptions, processes: int = 1) -> "TrainSettings":
-        """From [net] (command-line values first) and the last detection head; TrainError for values Darknet
-        refuses to train with."""
+    def read(cls, net: Section, augment, options: TrainOptions, processes: int = 1) -> "TrainSettings":
+        """From [net] (command-line values first) and the task's augmentation settings (AugmentConfig, from [net]
+        and the last detection head, or a classifier's); TrainError for values Darknet refuses to train with."""
         batch = _positive(options.batch if options.batch is not None else net.get_int("batch", 1), "batch")
         subdivisions = _positive(options.subdivisions if options.subdivisions is not None
                                  else net.get_int("subdivisions", 1), "subdivisions")
@@ -223,7 +224,7 @@ class TrainSettings:
         optimizer.decay *= processes
         return cls(batch, subdivisions, max_batches, policy, optimizer, cfg_decay,
                    ema_alpha=net.get_float("ema_alpha", 0.0), max_chart_loss=net.get_float("max_chart_loss", 20.0),
-                   augment=AugmentConfig.from_net_and_head(net, head))
+                   augment=augment)
 
 
 def _is_set(section: Section, key: str) -> bool:

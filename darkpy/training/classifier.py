@@ -1,0 +1,320 @@
+"""What classifier training needs beyond the detector's loop: Darknet's classification data and its loss.
+
+src/classifier.c train_classifier hands src/data.c load_data_augment one image per draw, augmented by
+load_image_augment_paths: src/image.c random_augment_image (a random aspect, a crop side drawn in
+[min_crop, max_crop], a rotation in [-angle, angle] degrees and a random shift, sampled bilinearly by
+rotate_crop_image into a square of the network's larger side), a horizontal flip, random_distort_image (hue,
+saturation, exposure in Darknet's float HSV) and resize_image to the network size. The truth is one entry per
+class: 1 (or 1 - label_smooth_eps) for each label name found in the image's path, 0 (or eps/(classes-1)) for the
+others (fill_truth_smooth); a path with no label or several is reported and trained as Darknet trains it.
+
+The loss (src/softmax_layer.c, src/cost_layer.c): a [softmax] layer writes delta = truth - output and hands it
+unchanged to its input (the logits), cost = sum of -log(p) over the non-zero truths; a [cost] layer (sse) writes
+delta = truth - input times its `scale` into the layer below, cost = sum of squared differences. Darknet's printed
+cost is the mean over these layers. Every random number comes from the numpy Generator of the sample
+(darkpy.training.sampler.SampleKey); Darknet's own random sequence is not reproduced, only its distributions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from darkpy.cfg import Section
+from darkpy.data import (NO_LABEL_IN_PATH, SEVERAL_LABELS_IN_PATH, DataError, DataProblems, labels_in_path,
+                         report_missing_image, resolve_path)
+from darkpy.heads import LossError
+from darkpy.image import ImageError, load_image, resize_image, to_float
+from darkpy.training.augment import rand_scale
+from darkpy.training.dataset import MAX_IMAGE_TRIES, ProblemLog, hand_over, image_error_reason
+from darkpy.training.loss import LossResult
+from darkpy.training.sampler import SampleKey
+
+F32 = np.float32
+# [net] keys of classifier training that darkpy reads but does not implement
+NOT_IMPLEMENTED = {"mixup": "mixup/cutmix/mosaic of classification images", "cutmix": "cutmix",
+                   "mosaic": "mosaic of classification images", "blur": "blur (used by Darknet's mosaic only)",
+                   "contrastive": "contrastive training", "unsupervised": "unsupervised training"}
+
+
+@dataclass(frozen=True)
+class ClassifierAugment:
+    """train_classifier's load_args: parse_net_options' defaults (min_crop = width, max_crop = 2*width, flip 1)."""
+
+    classes: int
+    width: int
+    height: int
+    min_crop: int
+    max_crop: int
+    angle: float = 0.0
+    aspect: float = 1.0
+    flip: bool = True
+    hue: float = 0.0
+    saturation: float = 1.0
+    exposure: float = 1.0
+    label_smooth_eps: float = 0.0
+    random: float = 0.0  # train_classifier has no multi-scale training
+    resize_step: int = 32
+
+    @classmethod
+    def from_net(cls, net: Section, classes: int, width: int, height: int) -> "ClassifierAugment":
+        return cls(classes=classes, width=width, height=height,
+                   min_crop=net.get_int("min_crop", width), max_crop=net.get_int("max_crop", width * 2),
+                   angle=net.get_float("angle", 0.0), aspect=net.get_float("aspect", 1.0),
+                   flip=bool(net.get_int("flip", 1)), hue=net.get_float("hue", 0.0),
+                   saturation=net.get_float("saturation", 1.0), exposure=net.get_float("exposure", 1.0),
+                   label_smooth_eps=net.get_float("label_smooth_eps", 0.0))
+
+    @property
+    def size(self) -> int:
+        """The side of the square crop: the network's larger side."""
+        return max(self.width, self.height)
+
+
+def unimplemented_options(net: Section) -> List[str]:
+    return [f"{net.file}:{net.options[key].line}: [net] {key}={net.raw(key)} ({what})"
+            for key, what in NOT_IMPLEMENTED.items()
+            if net.has(key) and str(net.raw(key)).strip() not in ("0", "0.0", "")]
+
+
+# ------------------------------------------------------------------------------------------- augmentation
+
+def rotate_crop(image: np.ndarray, rad: float, scale: float, width: int, height: int, dx: float, dy: float,
+                aspect: float) -> np.ndarray:
+    """rotate_crop_image on float32 CxHxW: each output pixel samples the image bilinearly (outside it: 0) at the
+    point rotated by `rad` about the image centre; the coordinates in double, as C computes them, then float."""
+    _, h, w = image.shape
+    x = np.arange(width, dtype=np.float64)[None, :]
+    y = np.arange(height, dtype=np.float64)[:, None]
+    u = (x - width / 2.0) / scale * aspect + dx / scale * aspect
+    v = (y - height / 2.0) / scale + dy / scale
+    rx = (math.cos(rad) * u - math.sin(rad) * v + w / 2.0).astype(F32)
+    ry = (math.sin(rad) * u + math.cos(rad) * v + h / 2.0).astype(F32)
+    ix, iy = np.floor(rx).astype(np.int64), np.floor(ry).astype(np.int64)
+    fx, fy = rx - ix.astype(F32), ry - iy.astype(F32)
+    padded = np.zeros((image.shape[0], h + 2, w + 2), F32)  # get_pixel_extend: 0 outside the image
+    padded[:, 1:-1, 1:-1] = image
+
+    def pixel(px: np.ndarray, py: np.ndarray) -> np.ndarray:
+        inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+        return padded[:, np.where(inside, py + 1, 0), np.where(inside, px + 1, 0)]
+
+    one = F32(1)
+    return ((one - fy) * (one - fx) * pixel(ix, iy) + fy * (one - fx) * pixel(ix, iy + 1)
+            + (one - fy) * fx * pixel(ix + 1, iy) + fy * fx * pixel(ix + 1, iy + 1)).astype(F32)
+
+
+def random_augment(image: np.ndarray, config: ClassifierAugment, rng: np.random.Generator) -> np.ndarray:
+    """random_augment_image: aspect, crop side, angle and shift drawn as Darknet draws them."""
+    aspect = F32(rand_scale(rng, config.aspect))
+    low, high = sorted((config.min_crop, config.max_crop))
+    side = int(rng.integers(low, high + 1))
+    _, h, w = image.shape
+    shorter = F32(h) if h < w * aspect else F32(w * aspect)
+    scale = F32(side) / shorter
+    rad = float(F32(F32(rng.uniform(-config.angle, config.angle)) * 2.0 * math.pi / 360.0))
+    size = config.size
+    dx = max(0.0, float(F32((w * scale / aspect - size) / 2.0)))
+    dy = max(0.0, float(F32((h * scale - size) / 2.0)))
+    dx, dy = float(F32(rng.uniform(-dx, dx))), float(F32(rng.uniform(-dy, dy)))
+    return rotate_crop(image, rad, float(scale), size, size, dx, dy, float(aspect))
+
+
+def distort(image: np.ndarray, dhue: float, dsat: float, dexp: float) -> np.ndarray:
+    """distort_image on float32 CxHxW RGB: Darknet's float HSV (rgb_to_hsv, S *= dsat, V *= dexp, H += dhue
+    wrapped into [0, 1], hsv_to_rgb), then constrain_image (clamp to [0, 1]). Darknet runs it on every image,
+    even with neutral values; so does darkpy (the round trip moves values by a few ulp)."""
+    r, g, b = image
+    high, low = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
+    delta = high - low
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hue = np.where(r == high, (g - b) / delta, np.where(g == high, F32(2) + (b - r) / delta,
+                                                           F32(4) + (r - g) / delta)).astype(F32)
+        hue = np.where(hue < 0, hue + F32(6), hue) / F32(6.0)
+        sat = np.where(high == 0, F32(0), delta / high).astype(F32)
+    hue = np.where(high == 0, F32(0), hue).astype(F32)
+    sat, val = sat * F32(dsat), high * F32(dexp)
+    hue = hue + F32(dhue)
+    hue = np.where(hue > 1, hue - F32(1), hue)
+    hue = np.where(hue < 0, hue + F32(1), hue).astype(F32)
+    return np.clip(_hsv_to_rgb(hue, sat, val), 0, 1).astype(F32)
+
+
+def _hsv_to_rgb(hue: np.ndarray, sat: np.ndarray, val: np.ndarray) -> np.ndarray:
+    h6 = F32(6) * hue
+    index = np.floor(h6).astype(np.int64)
+    f = h6 - index.astype(F32)
+    p, q, t = val * (F32(1) - sat), val * (F32(1) - sat * f), val * (F32(1) - sat * (F32(1) - f))
+    choices = [(val, t, p), (q, val, p), (p, val, t), (p, q, val), (t, p, val)]
+    out = np.stack([val, p, q])  # index 5 (and beyond)
+    for k, channels in enumerate(choices):
+        out = np.where(index == k, np.stack(channels), out)
+    grey = sat == 0
+    return np.where(grey, np.stack([val, val, val]), out)
+
+
+def augment_classification_image(image: np.ndarray, config: ClassifierAugment,
+                                 rng: np.random.Generator) -> np.ndarray:
+    """load_image_augment_paths for one image (uint8 HxWx3 RGB) -> float32 3 x height x width."""
+    crop = random_augment(to_float(image), config, rng)
+    if config.flip and rng.integers(2):
+        crop = crop[:, :, ::-1]
+    dhue = float(rng.uniform(-config.hue, config.hue))
+    dsat, dexp = rand_scale(rng, config.saturation), rand_scale(rng, config.exposure)
+    crop = distort(np.ascontiguousarray(crop), dhue, dsat, dexp)
+    return resize_image(crop, config.width, config.height)
+
+
+def truth_vector(path: str, labels: Sequence[str], classes: int, eps: float,
+                 problems: Optional[DataProblems] = None) -> np.ndarray:
+    """fill_truth_smooth: 1 - eps for each label found in the path, eps/(classes-1) for the others; a path with
+    no label or several is reported (Darknet prints "Too many or too few labels") and trained as it is."""
+    found = labels_in_path(path, labels[:classes])
+    truth = np.full(classes, F32(eps) / F32(max(classes - 1, 1)) if eps else 0, F32)
+    truth[found] = F32(1) - F32(eps)
+    if len(found) != 1 and problems is not None:
+        if not found:
+            problems.warn(NO_LABEL_IN_PATH, f"{path}: no label name of the labels list in the path: trained with "
+                                            "no class (as Darknet does)")
+        else:
+            names = ", ".join(labels[i] for i in found)
+            problems.warn(SEVERAL_LABELS_IN_PATH, f"{path}: {len(found)} label names in the path ({names}): "
+                                                  "trained as all of them (as Darknet does)")
+    return truth
+
+
+# ------------------------------------------------------------------------------------------------ dataset
+
+class ClassificationTrainSet(Dataset):
+    """A classifier's training list; `dataset[SampleKey]` is (image (3, h, w) float32, truth (classes,), the
+    problems met). Unreadable images are reported and replaced by other random ones, as for the detector."""
+
+    def __init__(self, image_paths: Sequence[str], labels: Sequence[str], config: ClassifierAugment,
+                 problems: Optional[DataProblems] = None, list_file: Optional[str] = None):
+        self.list_file = list_file
+        self.image_paths = [resolve_path(p, list_file) if list_file else p for p in image_paths]
+        if not self.image_paths:
+            raise DataError(f"{list_file or 'training list'}: the list has no images")
+        self.labels, self.config = list(labels), config
+        self.problems = problems if problems is not None else DataProblems()
+        self._unreadable: set = set()
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, key: SampleKey) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[str, str]]]:
+        log = ProblemLog()
+        image, truth = self.sample(key.index, key.rng(), log)
+        return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(truth), hand_over(self, log)
+
+    def sample(self, index: int, rng: np.random.Generator, problems=None) -> Tuple[np.ndarray, np.ndarray]:
+        problems = problems if problems is not None else self.problems
+        for _ in range(MAX_IMAGE_TRIES):
+            if index not in self._unreadable:
+                path = self.image_paths[index]
+                try:
+                    image = load_image(path)
+                except ImageError as error:
+                    report_missing_image(problems, path, image_error_reason(error, path))
+                    self._unreadable.add(index)
+                else:
+                    truth = truth_vector(path, self.labels, self.config.classes, self.config.label_smooth_eps,
+                                         problems)
+                    return augment_classification_image(image, self.config, rng), truth
+            index = int(rng.integers(len(self)))
+        raise DataError(f"{self.list_file or 'training list'}: no readable image in {MAX_IMAGE_TRIES} random draws "
+                        f"({len(self._unreadable)} of {len(self)} images failed to load)")
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["problems"] = None  # reported back with the batches (darkpy.training.dataset)
+        return state
+
+
+# --------------------------------------------------------------------------------------------------- loss
+
+@dataclass(frozen=True)
+class LossPoint:
+    """A [softmax] or [cost] layer that computes a loss, and the layer whose output its delta reaches (a
+    [softmax] hands a delta on unchanged, so through softmaxes it is the logits)."""
+
+    index: int
+    kind: str  # "softmax" or "cost"
+    target: int
+    scale: float = 1.0
+    smooth: bool = False  # [cost] type=smooth: smooth L1
+
+
+def _delta_target(layers: Sequence, index: int) -> int:
+    while index >= 0 and layers[index].type == "softmax":
+        index -= 1
+    if index < 0:
+        raise LossError("a [softmax] or [cost] layer is the network's first layer: there is nothing to train")
+    return index
+
+
+def loss_points(layers: Sequence, classes: int) -> List[LossPoint]:
+    """The network's loss layers; each must have `classes` outputs (the truth's size), as Darknet requires of
+    its last layer."""
+    points = []
+    for layer in layers:
+        if layer.type == "softmax" and not layer.section.get_int("noloss", 0):
+            points.append(LossPoint(layer.index, "softmax", _delta_target(layers, layer.index - 1)))
+        elif layer.type == "cost":
+            points.append(LossPoint(layer.index, "cost", _delta_target(layers, layer.index - 1),
+                                    layer.section.get_float("scale", 1.0), layer.cost_type == "smooth"))
+    if not points:
+        raise LossError("the cfg has no [softmax] or [cost] layer: there is no classifier loss to train with")
+    for point in points:
+        c, h, w = layers[point.index].out_shape
+        if c * h * w != classes:
+            section = layers[point.index].section
+            raise LossError(f"{section.file}:{section.line}: [{section.written_type}] has {c * h * w} outputs, but "
+                            f"the .data file's classes={classes} (Darknet: \"num of filters ... doesn't match to "
+                            "classes\")")
+    return points
+
+
+class ClassifierLoss:
+    """Darknet's classifier loss for a model; `outputs(model, x)` runs the forward pass keeping what the loss
+    needs, `__call__(outputs, truths, ...)` gives the LossResult whose surrogate's gradient is Darknet's."""
+
+    def __init__(self, layers: Sequence, classes: int):
+        self.points = loss_points(layers, classes)
+        self.heads: List = []  # no per-head lines
+
+    def outputs(self, model, x: torch.Tensor) -> List[Optional[torch.Tensor]]:
+        return model.forward_layers(x, keep_all=True)
+
+    def __call__(self, outputs: Sequence[torch.Tensor], truths: torch.Tensor, net_w: int = 0, net_h: int = 0,
+                 seen: int = 0) -> LossResult:
+        surrogate, costs, deltas = None, [], []
+        for point in self.points:
+            target = outputs[point.target]
+            truth = truths.to(target.device).reshape(target.shape[0], -1).float()
+            if point.kind == "softmax":
+                output = outputs[point.index].detach().float().reshape_as(truth)
+                delta = truth - output  # softmax_x_ent
+                costs.append(float(torch.where(truth != 0, -torch.log(output), torch.zeros_like(output)).sum()))
+            else:
+                given = outputs[point.index - 1].detach().float().reshape_as(truth)
+                delta, cost = _cost_delta(truth - given, point.smooth)
+                costs.append(float(cost.sum()))
+                delta = delta * point.scale
+            deltas.append(delta)
+            term = -(delta.reshape(target.shape) * target.float()).sum()
+            surrogate = term if surrogate is None else surrogate + term
+        return LossResult(surrogate=surrogate, cost=sum(costs) / len(costs), heads=[], deltas=deltas)
+
+
+def _cost_delta(diff: torch.Tensor, smooth: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """l2_cpu (delta = diff, cost = diff^2) or smooth_l1_cpu."""
+    if not smooth:
+        return diff, diff * diff
+    small = diff.abs() < 1
+    return (torch.where(small, diff, torch.sign(diff)),
+            torch.where(small, diff * diff, 2 * diff.abs() - 1))
