@@ -137,6 +137,27 @@ def split_flags(words: Sequence[str]) -> Tuple[List[str], Dict[str, Optional[str
     return positional, flags
 
 
+def _own_options(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """darkpy classifier's own `--options` (with the value of those that take one), and the other words."""
+    import argparse
+    from darkpy.commands import classifier  # only here: it imports training
+
+    parser = argparse.ArgumentParser()
+    classifier.add_arguments(parser)
+    takes_value = {option for action in parser._actions for option in action.option_strings if action.nargs != 0}
+    own: List[str] = []
+    rest: List[str] = []
+    words = iter(argv)
+    for word in words:
+        if not word.startswith("--"):
+            rest.append(word)
+            continue
+        own.append(word)
+        if word in takes_value:
+            own.append(next(words, ""))
+    return own, rest
+
+
 def _is_number(word: str) -> bool:
     try:
         float(word)
@@ -149,13 +170,17 @@ def translate(argv: Sequence[str]) -> Translation:
     """The darkpy command line for a Darknet one (`detector MODE ...` or `detect CFG WEIGHTS [IMAGE]`)."""
     if argv[0] in REFUSED_COMMANDS:
         raise DarknetUsageError(f"{argv[0]}: {REFUSED_COMMANDS[argv[0]]}")
+    own: List[str] = []
+    if argv[0] == "classifier":  # darkpy's own classifier command: its --options pass through
+        own, argv = _own_options(argv)
     positional, flags = split_flags(argv[1:])
     warnings = [f"{flag}: not implemented in darkpy ({FLAGS[flag].not_implemented}); ignored"
                 for flag in flags if FLAGS[flag].not_implemented]
     if argv[0] == "detect":
         return _coco_shortcut(positional, flags, warnings)
     if argv[0] in ("classifier", "classify"):
-        return _classifier(argv[0], positional, flags, warnings)
+        translation = _classifier(argv[0], positional, flags, warnings)
+        return Translation(translation.argv + own, translation.warnings)
     if not positional:
         raise DarknetUsageError("usage: darkpy detector [test/map/train/valid/demo/calc_anchors] DATA CFG "
                                 "[WEIGHTS]")
