@@ -136,7 +136,7 @@ def distort(image: np.ndarray, dhue: float, dsat: float, dexp: float) -> np.ndar
                                                            F32(4) + (r - g) / delta)).astype(F32)
         hue = np.where(hue < 0, hue + F32(6), hue) / F32(6.0)
         sat = np.where(high == 0, F32(0), delta / high).astype(F32)
-    hue = np.where(high == 0, F32(0), hue).astype(F32)
+    hue = np.where(delta == 0, F32(0), hue).astype(F32)  # grey (C: 0/0); s = 0 makes hsv_to_rgb ignore it
     sat, val = sat * F32(dsat), high * F32(dexp)
     hue = hue + F32(dhue)
     hue = np.where(hue > 1, hue - F32(1), hue)
