@@ -16,7 +16,7 @@ from typing import Iterator, Optional, Sequence
 
 from darkpy.commands.common import INPUT_ERRORS, UsageError, fail, load_model
 from darkpy.commands.train import add_training_arguments, options_from_args, run_training
-from darkpy.data import DataConfig, read_data_config, read_image_list, read_names, resolve_path
+from darkpy.data import DataConfig, read_data_config, read_names
 from darkpy.evaluation.classify import Accuracy, Classifier, measure_accuracy, top_k
 from darkpy.image import ImageError, load_image
 
@@ -122,7 +122,6 @@ def _name(names: Sequence[str], index: int) -> str:
 def validate(classifier: Classifier, data: DataConfig) -> int:
     labels = read_names(data.existing_file("labels", DEFAULT_LABELS))
     list_path = data.existing_file("valid", DEFAULT_VALID)
-    paths = [resolve_path(p, list_path) for p in read_image_list(list_path)]
     classes = data.get_positive_int("classes", DEFAULT_CLASSES)
     topk = min(data.get_positive_int("top", 1), classes)
     print(" TOP calculation...")
@@ -130,7 +129,7 @@ def validate(classifier: Classifier, data: DataConfig) -> int:
     def running_line(i: int, accuracy: Accuracy) -> None:
         print(f"\n{i}: top 1: {accuracy.top1 / (i + 1):f}, top {topk}: {accuracy.topk / (i + 1):f}", end="")
 
-    accuracy = measure_accuracy(classifier, paths, labels, classes, topk, running_line,
+    accuracy = measure_accuracy(classifier, list_path, labels, classes, topk, running_line,
                                 lambda message: print(f"darkpy classifier: error: {message}", file=sys.stderr))
     print()
     if accuracy.unlabelled:

@@ -7,7 +7,7 @@ from typing import Callable, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
-from darkpy.data import true_class
+from darkpy.data import read_image_list, resolve_path, true_class
 from darkpy.image import ImageError, classifier_input, load_image
 from darkpy.model import Darknet
 
@@ -64,20 +64,21 @@ class Accuracy:
         return self.topk / self.images if self.images else 0.0
 
 
-def measure_accuracy(classifier: Classifier, paths: Sequence[str], labels: Sequence[str], classes: int, k: int,
+def measure_accuracy(classifier: Classifier, list_file: str, labels: Sequence[str], classes: int, k: int,
                      after_image: Optional[Callable[[int, Accuracy], None]] = None,
                      on_error: Optional[Callable[[str], None]] = None) -> Accuracy:
-    """Top-1 and top-k over `paths`, the true class of each the first of the first `classes` labels found in its
-    path (an image without one, or one that cannot be read, counts as wrong, as in Darknet). `after_image(i,
-    accuracy)` is called after each image (Darknet prints its running line there)."""
+    """Top-1 and top-k over the images of a list file, the true class of each the first of the first `classes`
+    labels found in its path as the list writes it (an image without one, or one that cannot be read, counts as
+    wrong, as in Darknet). `after_image(i, accuracy)` is called after each image (Darknet prints its running
+    line there)."""
     accuracy = Accuracy()
-    for i, path in enumerate(paths):
+    for i, path in enumerate(read_image_list(list_file)):
         truth = true_class(path, labels[:classes])
         if truth < 0:
             accuracy.unlabelled.append(path)
         accuracy.images += 1
         try:
-            scores = classifier.predict(load_image(path))
+            scores = classifier.predict(load_image(resolve_path(path, list_file)))
         except ImageError as error:
             accuracy.unreadable += 1
             if on_error is not None:

@@ -196,6 +196,7 @@ class ClassificationTrainSet(Dataset):
     def __init__(self, image_paths: Sequence[str], labels: Sequence[str], config: ClassifierAugment,
                  problems: Optional[DataProblems] = None, list_file: Optional[str] = None):
         self.list_file = list_file
+        self.written_paths = list(image_paths)  # the labels come from the path as the list writes it
         self.image_paths = [resolve_path(p, list_file) if list_file else p for p in image_paths]
         if not self.image_paths:
             raise DataError(f"{list_file or 'training list'}: the list has no images")
@@ -222,7 +223,7 @@ class ClassificationTrainSet(Dataset):
                     report_missing_image(problems, path, image_error_reason(error, path))
                     self._unreadable.add(index)
                 else:
-                    truth = truth_vector(path, self.labels, self.config.classes, self.config.label_smooth_eps,
+                    truth = truth_vector(self.written_paths[index], self.labels, self.config.classes, self.config.label_smooth_eps,
                                          problems)
                     return augment_classification_image(image, self.config, rng), truth
             index = int(rng.integers(len(self)))

@@ -12,7 +12,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from darkpy.data import DataConfig, DataProblems, read_image_list, read_names, resolve_path
+from darkpy.data import DataConfig, DataProblems, read_names
 from darkpy.evaluation.classify import Classifier, evaluating, measure_accuracy
 from darkpy.evaluation.inference import Detector
 from darkpy.evaluation.mapdata import accumulate_map, iterate_detections, load_map_dataset
@@ -72,7 +72,6 @@ class TopKEvaluation:
 
     def __init__(self, data: DataConfig, labels: Sequence[str], classes: int):
         self.valid_list = data.existing_file("valid", "data/train.list")
-        self.paths = [resolve_path(p, self.valid_list) for p in read_image_list(self.valid_list)]
         self.labels, self.classes = list(labels), classes
         self.k = min(data.get_positive_int("top", DEFAULT_TOP), classes)
         self.label = f"top{self.k}%"
@@ -83,7 +82,7 @@ class TopKEvaluation:
 
     def measure(self, model, device: torch.device) -> Tuple[float, List[str]]:
         with evaluating(model), torch.no_grad():
-            accuracy = measure_accuracy(Classifier(model), self.paths, self.labels, self.classes, self.k)
+            accuracy = measure_accuracy(Classifier(model), self.valid_list, self.labels, self.classes, self.k)
         lines = [" TOP calculation..."]
         if accuracy.unlabelled:
             lines.append(f" warning: {len(accuracy.unlabelled)} valid image path(s) contain no label name (counted "
