@@ -40,38 +40,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the dataset and say how to train on it; 2 for options or folders it cannot use."""
-    if args.kind == "shapes-cls":
-        return _classification(args)
-    try:
-        summary = make_shapes_dataset(args.out, images=args.images or 500, size=args.size or 224, classes=args.classes,
-                                      seed=args.seed, valid_fraction=args.valid_fraction,
-                                      max_objects=args.max_objects, negative_fraction=args.negative_fraction,
-                                      backgrounds=args.backgrounds, relative_paths=args.relative, force=args.force,
-                                      progress=sys.stderr.isatty())
-    except INPUT_ERRORS as error:  # every input of make-dataset is an argument: a usage error
-        return fail("make-dataset", error, EXIT_USAGE)
-    print(f"{summary.train_images} train and {summary.valid_images} valid images with {summary.objects} "
-          f"shapes ({', '.join(summary.classes)}) in {summary.out_dir}")
-    print(f"train with: darkpy train --data {summary.data_file} --cfg cfg/shapes-prn.cfg --map")
-    if args.classes != MAX_CLASSES:
-        print(f"(cfg/shapes-prn.cfg is written for {MAX_CLASSES} classes: set classes={args.classes} in its [yolo] "
-              f"sections and filters={(args.classes + 5) * 3} in the convolution before each)")
-    return 0
-
-
-def _classification(args: argparse.Namespace) -> int:
-    try:
-        summary = make_shapes_classification_dataset(
-            args.out, images=args.images or CLASSIFICATION_DEFAULTS["images"],
-            size=args.size or CLASSIFICATION_DEFAULTS["size"], classes=args.classes, seed=args.seed,
-            valid_fraction=args.valid_fraction, backgrounds=args.backgrounds, relative_paths=args.relative,
-            force=args.force, progress=sys.stderr.isatty())
+    classification = args.kind == "shapes-cls"
+    common = dict(classes=args.classes, seed=args.seed, valid_fraction=args.valid_fraction,
+                  backgrounds=args.backgrounds, relative_paths=args.relative, force=args.force,
+                  progress=sys.stderr.isatty())
+    try:  # every input of make-dataset is an argument: a usage error
+        if classification:
+            summary = make_shapes_classification_dataset(
+                args.out, images=args.images or CLASSIFICATION_DEFAULTS["images"],
+                size=args.size or CLASSIFICATION_DEFAULTS["size"], **common)
+        else:
+            summary = make_shapes_dataset(args.out, images=args.images or 500, size=args.size or 224,
+                                          max_objects=args.max_objects, negative_fraction=args.negative_fraction,
+                                          **common)
     except INPUT_ERRORS as error:
         return fail("make-dataset", error, EXIT_USAGE)
-    print(f"{summary.train_images} train and {summary.valid_images} valid images of {', '.join(summary.classes)} in "
-          f"{summary.out_dir}")
-    print(f"train with: darkpy classifier train {summary.data_file} cfg/shapes-cls.cfg --topk")
+    print(f"{summary.train_images} train and {summary.valid_images} valid images "
+          + ("" if classification else f"with {summary.objects} shapes ")
+          + f"({', '.join(summary.classes)}) in {summary.out_dir}")
+    if classification:
+        print(f"train with: darkpy classifier train {summary.data_file} cfg/shapes-cls.cfg --topk")
+        change = f"filters={args.classes} in its last [convolutional]"
+    else:
+        print(f"train with: darkpy train --data {summary.data_file} --cfg cfg/shapes-prn.cfg --map")
+        change = (f"classes={args.classes} in its [yolo] sections and filters={(args.classes + 5) * 3} in the "
+                  f"convolution before each")
     if args.classes != MAX_CLASSES:
-        print(f"(cfg/shapes-cls.cfg is written for {MAX_CLASSES} classes: set filters={args.classes} in its last "
-              f"[convolutional])")
+        print(f"(cfg/{'shapes-cls' if classification else 'shapes-prn'}.cfg is written for {MAX_CLASSES} classes: "
+              f"set {change})")
     return 0

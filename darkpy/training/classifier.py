@@ -22,15 +22,12 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
-
 from darkpy.cfg import Section
-from darkpy.data import (NO_LABEL_IN_PATH, SEVERAL_LABELS_IN_PATH, DataError, DataProblems, labels_in_path,
-                         report_missing_image, resolve_path)
+from darkpy.data import NO_LABEL_IN_PATH, SEVERAL_LABELS_IN_PATH, DataProblems, labels_in_path
 from darkpy.heads import LossError
-from darkpy.image import ImageError, load_image, resize_image, to_float
+from darkpy.image import resize_image, to_float
 from darkpy.training.augment import rand_scale
-from darkpy.training.dataset import MAX_IMAGE_TRIES, ProblemLog, hand_over, image_error_reason
+from darkpy.training.dataset import ProblemLog, TrainImages, hand_over
 from darkpy.training.loss import LossResult
 from darkpy.training.sampler import SampleKey
 
@@ -189,23 +186,14 @@ def truth_vector(path: str, labels: Sequence[str], classes: int, eps: float,
 
 # ------------------------------------------------------------------------------------------------ dataset
 
-class ClassificationTrainSet(Dataset):
+class ClassificationTrainSet(TrainImages):
     """A classifier's training list; `dataset[SampleKey]` is (image (3, h, w) float32, truth (classes,), the
     problems met). Unreadable images are reported and replaced by other random ones, as for the detector."""
 
     def __init__(self, image_paths: Sequence[str], labels: Sequence[str], config: ClassifierAugment,
                  problems: Optional[DataProblems] = None, list_file: Optional[str] = None):
-        self.list_file = list_file
-        self.written_paths = list(image_paths)  # the labels come from the path as the list writes it
-        self.image_paths = [resolve_path(p, list_file) if list_file else p for p in image_paths]
-        if not self.image_paths:
-            raise DataError(f"{list_file or 'training list'}: the list has no images")
+        super().__init__(image_paths, problems, list_file)
         self.labels, self.config = list(labels), config
-        self.problems = problems if problems is not None else DataProblems()
-        self._unreadable: set = set()
-
-    def __len__(self) -> int:
-        return len(self.image_paths)
 
     def __getitem__(self, key: SampleKey) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[str, str]]]:
         log = ProblemLog()
@@ -213,27 +201,12 @@ class ClassificationTrainSet(Dataset):
         return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(truth), hand_over(self, log)
 
     def sample(self, index: int, rng: np.random.Generator, problems=None) -> Tuple[np.ndarray, np.ndarray]:
+        """The augmented image `index` (another one if it cannot be read) and its truth."""
         problems = problems if problems is not None else self.problems
-        for _ in range(MAX_IMAGE_TRIES):
-            if index not in self._unreadable:
-                path = self.image_paths[index]
-                try:
-                    image = load_image(path)
-                except ImageError as error:
-                    report_missing_image(problems, path, image_error_reason(error, path))
-                    self._unreadable.add(index)
-                else:
-                    truth = truth_vector(self.written_paths[index], self.labels, self.config.classes, self.config.label_smooth_eps,
-                                         problems)
-                    return augment_classification_image(image, self.config, rng), truth
-            index = int(rng.integers(len(self)))
-        raise DataError(f"{self.list_file or 'training list'}: no readable image in {MAX_IMAGE_TRIES} random draws "
-                        f"({len(self._unreadable)} of {len(self)} images failed to load)")
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["problems"] = None  # reported back with the batches (darkpy.training.dataset)
-        return state
+        index, image = self.read_image(index, rng, problems)
+        truth = truth_vector(self.written_paths[index], self.labels, self.config.classes,
+                             self.config.label_smooth_eps, problems)
+        return augment_classification_image(image, self.config, rng), truth
 
 
 # --------------------------------------------------------------------------------------------------- loss

@@ -15,6 +15,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -91,7 +92,6 @@ def test_augmentation_off_feeds_the_image_as_darknet():
     dataset = ClassificationTrainSet(["img1_koala.png"], LABELS, config, DataProblems(),
                                      list_file=str(CASE / "train.txt"))
     image, truth = dataset.sample(0, np.random.default_rng(5))
-    import cv2
     plain = cv2.cvtColor(cv2.imread(str(CASE / "img1_koala.png")), cv2.COLOR_BGR2RGB).transpose(2, 0, 1) / 255.0
     assert image.shape == (3, 32, 32) and image.dtype == np.float32
     assert np.abs(image - plain).max() < 5e-7
