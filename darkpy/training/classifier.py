@@ -34,8 +34,7 @@ from darkpy.training.sampler import SampleKey
 F32 = np.float32
 # [net] keys of classifier training that darkpy reads but does not implement
 NOT_IMPLEMENTED = {"mixup": "mixup/cutmix/mosaic of classification images", "cutmix": "cutmix",
-                   "mosaic": "mosaic of classification images", "blur": "blur (used by Darknet's mosaic only)",
-                   "contrastive": "contrastive training", "unsupervised": "unsupervised training"}
+                   "mosaic": "mosaic of classification images", "blur": "blur of classification images"}
 
 
 @dataclass(frozen=True)
