@@ -165,7 +165,7 @@ def _detector_task(data: DataConfig, settings: TrainSettings, backup: Path, mode
     train_list, paths = _read_train_list(data, backup, main, say, DEFAULT_TRAIN_LIST)
     return Task("detector", DetectionTrainSet(paths, settings.augment, problems, list_file=train_list),
                 DarknetLoss(model.heads, warn=main), MapEvaluation(options.data, problems),
-                10000 if settings.max_batches >= 10000 else 1000, detector_line, "--map")
+                10000 if settings.max_batches >= 10000 else 1000, detector_line)
 
 
 def _classifier_task(data: DataConfig, settings: TrainSettings, backup: Path, model: Darknet,
@@ -177,7 +177,7 @@ def _classifier_task(data: DataConfig, settings: TrainSettings, backup: Path, mo
     train_list, paths = _read_train_list(data, backup, main, say, DEFAULT_CLASSIFIER_TRAIN_LIST)
     train_set = ClassificationTrainSet(paths, labels, settings.augment, problems, list_file=train_list)
     evaluation = TopKEvaluation(data, labels, classes) if options.calc_map else None
-    return Task("classifier", train_set, loss, evaluation, 1000, classifier_line, "--topk")
+    return Task("classifier", train_set, loss, evaluation, 1000, classifier_line)
 
 
 def _read_train_list(data: DataConfig, backup: Path, main: bool, say: Callable[[str], None],

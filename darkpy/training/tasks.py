@@ -112,7 +112,6 @@ class Task:
     evaluation: object  # MapEvaluation or TopKEvaluation
     save_every: int  # <cfg>_N.weights every this many iterations
     line: Callable[..., str]  # Darknet's per-iteration line
-    evaluate_flag: str  # the option that asks for the evaluation
 
     def resume_command(self, data: str, cfg: str) -> str:
         if self.name == "classifier":
