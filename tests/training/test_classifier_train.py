@@ -12,6 +12,7 @@ per parameter block, and print Darknet's loss.
 """
 import contextlib
 import io
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -62,7 +63,8 @@ def _weights(cfg: Path, weights: Path) -> dict:
     """Every array the .weights file holds: biases, weights, batch-norm scales and rolling statistics."""
     model = Darknet(parse_cfg(str(cfg)))
     model.load_weights(weights)
-    arrays = dict(model.named_parameters()) | {name: b for name, b in model.named_buffers() if "running" in name}
+    arrays = dict(model.named_parameters())
+    arrays.update((name, b) for name, b in model.named_buffers() if "running" in name)
     return {name: array.detach().numpy().copy() for name, array in arrays.items()}
 
 
@@ -167,11 +169,16 @@ def test_loss_points_and_cost_layer(tmp_path):
 
 
 def _run(argv, cwd) -> tuple:
+    """The command in folder `cwd` (where Darknet users run it): exit code, stdout, stderr."""
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = cli_main(argv)
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            code = cli_main(argv)
+    finally:
+        os.chdir(before)
     return code, out.getvalue(), err.getvalue()
 
 
