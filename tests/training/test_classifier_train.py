@@ -14,6 +14,7 @@ import contextlib
 import io
 import os
 import shutil
+import signal
 import warnings
 from pathlib import Path
 
@@ -46,8 +47,12 @@ LABELS = ["zebra", "koala", "tulip", "mango"]
 
 @pytest.fixture
 def case(tmp_path) -> Path:
+    """A copy of the fixture whose .data names its own backup folder (a relative one is the current directory's,
+    as in Darknet)."""
     for item in CASE.iterdir():
         shutil.copy(item, tmp_path / item.name)
+    data = tmp_path / "case.data"
+    data.write_text(data.read_text().replace("backup=backup", f"backup={tmp_path / 'backup'}"))
     return tmp_path
 
 
@@ -191,12 +196,31 @@ def test_command_trains_snapshots_and_evaluates(case):
     assert code == 0, err
     assert "1, 1.000: " in out and "2, 2.000: " in out and " accuracy top2 = " in out
     assert (case / "backup" / "case_final.weights").is_file() and (case / "backup" / "chart.png").is_file()
-    # resume continues the iteration count from _last (the Darknet grammar: -clear would restart it)
-    shutil.copy(case / "backup" / "case_final.weights", case / "backup" / "case_last.weights")
+
+
+def test_ctrl_c_saves_last_and_resume_continues(case):
+    """The detector's loop: a stop signal saves `_last` after the iteration and says how to continue."""
+    first = _trainer(case, str(case / "case.cfg"), weights=str(case / "init.weights"), max_batches=3)
+    original = first.train_iteration
+
+    def interrupt_at_two(images, truths, iteration):
+        loss = original(images, truths, iteration)
+        if iteration + 1 == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    first.train_iteration = interrupt_at_two
+    try:
+        assert first.train() == 130
+    finally:
+        first.close()
+    assert "continue with: darkpy classifier train" in first.out.getvalue()
+    last = case / "backup" / "case_last.weights"
+    assert Darknet(parse_cfg(str(case / "case.cfg"))).load_weights(last).header.seen == 2 * 4
     code, out, err = _run(["classifier", "train", "case.data", "case.cfg", "--resume", "--max-batches", "3"] + FAST,
                           case)
     assert code == 0, err
-    assert "3, 3.000: " in out and "1, 1.000: " not in out
+    assert "3, 3.000: " in out and "2, 2.000: " not in out
 
 
 def test_darknet_grammar(case):
