@@ -4,7 +4,8 @@ src/classifier.c train_classifier hands src/data.c load_data_augment one image p
 load_image_augment_paths: src/image.c random_augment_image (a random aspect, a crop side drawn in
 [min_crop, max_crop], a rotation in [-angle, angle] degrees and a random shift, sampled bilinearly by
 rotate_crop_image into a square of the network's larger side), a horizontal flip, random_distort_image (hue,
-saturation, exposure in Darknet's float HSV) and resize_image to the network size. The truth is one entry per
+saturation, exposure in Darknet's float HSV) and resize_image to the network size; with mixup, cutmix or mosaic
+([net] mixup=1, cutmix=1, mosaic=1) half of the samples are mixed with other images. The truth is one entry per
 class: 1 (or 1 - label_smooth_eps) for each label name found in the image's path, 0 (or eps/(classes-1)) for the
 others (fill_truth_smooth); a path with no label or several is reported and trained as Darknet trains it.
 
@@ -30,11 +31,14 @@ from darkpy.training.augment import rand_scale
 from darkpy.training.dataset import ProblemLog, TrainImages, hand_over
 from darkpy.training.loss import LossResult
 from darkpy.training.sampler import SampleKey
+from darkpy.training.settings import net_mixup_mode
 
 F32 = np.float32
 # [net] keys of classifier training that darkpy reads but does not implement
-NOT_IMPLEMENTED = {"mixup": "mixup/cutmix/mosaic of classification images", "cutmix": "cutmix",
-                   "mosaic": "mosaic of classification images", "blur": "blur of classification images"}
+NOT_IMPLEMENTED = {"blur": "blur of classification images"}
+MIXUP, CUTMIX, MOSAIC, CUTMIX_OR_MOSAIC = 1, 2, 3, 4  # net.mixup (darkpy.training.settings.net_mixup_mode)
+CUTMIX_SIDES = (0.3, 0.8)  # load_data_augment: the cut is 30..80 % of the network's width and height
+MOSAIC_MIN_OFFSET = 0.2  # the mosaic's cut point lies in 20..80 % of the width and height
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class ClassifierAugment:
     saturation: float = 1.0
     exposure: float = 1.0
     label_smooth_eps: float = 0.0
+    mixup: int = 0  # net.mixup: 1 mixup, 2 cutmix, 3 mosaic, 4 cutmix or mosaic
     random: float = 0.0  # train_classifier has no multi-scale training
     resize_step: int = 32
 
@@ -63,7 +68,7 @@ class ClassifierAugment:
                    angle=net.get_float("angle", 0.0), aspect=net.get_float("aspect", 1.0),
                    flip=bool(net.get_int("flip", 1)), hue=net.get_float("hue", 0.0),
                    saturation=net.get_float("saturation", 1.0), exposure=net.get_float("exposure", 1.0),
-                   label_smooth_eps=net.get_float("label_smooth_eps", 0.0))
+                   label_smooth_eps=net.get_float("label_smooth_eps", 0.0), mixup=net_mixup_mode(net))
 
     @property
     def size(self) -> int:
@@ -107,8 +112,7 @@ def rotate_crop(image: np.ndarray, rad: float, scale: float, width: int, height:
 def random_augment(image: np.ndarray, config: ClassifierAugment, rng: np.random.Generator) -> np.ndarray:
     """random_augment_image: aspect, crop side, angle and shift drawn as Darknet draws them."""
     aspect = F32(rand_scale(rng, config.aspect))
-    low, high = sorted((config.min_crop, config.max_crop))
-    side = int(rng.integers(low, high + 1))
+    side = _rand_int(rng, config.min_crop, config.max_crop)
     _, h, w = image.shape
     shorter = F32(h) if h < w * aspect else F32(w * aspect)
     scale = F32(side) / shorter
@@ -200,12 +204,57 @@ class ClassificationTrainSet(TrainImages):
         return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(truth), hand_over(self, log)
 
     def sample(self, index: int, rng: np.random.Generator, problems=None) -> Tuple[np.ndarray, np.ndarray]:
-        """The augmented image `index` (another one if it cannot be read) and its truth."""
+        """The augmented image `index` (another one if it cannot be read) and its truth; with mixup, cutmix or
+        mosaic, half of the time mixed with other random images (load_data_augment)."""
         problems = problems if problems is not None else self.problems
+        first = self._augmented(index, rng, problems)
+        if not self.config.mixup or not rng.integers(2):
+            return first
+        mode = self.config.mixup if self.config.mixup != CUTMIX_OR_MOSAIC else int(rng.integers(CUTMIX, MOSAIC + 1))
+        others = [self._augmented(int(rng.integers(len(self))), rng, problems)
+                  for _ in range(3 if mode == MOSAIC else 1)]
+        return mix_samples([first] + others, mode, rng)
+
+    def _augmented(self, index: int, rng: np.random.Generator, problems) -> Tuple[np.ndarray, np.ndarray]:
         index, image = self.read_image(index, rng, problems)
         truth = truth_vector(self.written_paths[index], self.labels, self.config.classes,
                              self.config.label_smooth_eps, problems)
         return augment_classification_image(image, self.config, rng), truth
+
+
+def mix_samples(samples: Sequence[Tuple[np.ndarray, np.ndarray]], mode: int,
+                rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """load_data_augment's mix of (image (3, h, w), truth) samples: MIXUP averages two; CUTMIX pastes a
+    rectangle of the second (30..80 % of each side) and weighs the truths by area; MOSAIC takes the four
+    quadrants around a random cut point from four images, the truths weighed by area."""
+    (image, truth), (second, second_truth) = samples[0], samples[1]
+    _, h, w = image.shape
+    if mode == MIXUP:
+        return (image + second) / F32(2), (truth + second_truth) / F32(2)
+    image = image.copy()
+    if mode == CUTMIX:
+        cut_w = _rand_int(rng, int(F32(w) * F32(CUTMIX_SIDES[0])), int(F32(w) * F32(CUTMIX_SIDES[1])))
+        cut_h = _rand_int(rng, int(F32(h) * F32(CUTMIX_SIDES[0])), int(F32(h) * F32(CUTMIX_SIDES[1])))
+        left, top = _rand_int(rng, 0, w - cut_w - 1), _rand_int(rng, 0, h - cut_h - 1)
+        image[:, top:top + cut_h, left:left + cut_w] = second[:, top:top + cut_h, left:left + cut_w]
+        alpha = F32(cut_w * cut_h) / F32(w * h)
+        return image, truth * (F32(1) - alpha) + second_truth * alpha
+    cut_x = _rand_int(rng, int(F32(w) * F32(MOSAIC_MIN_OFFSET)), int(F32(w) * F32(1 - MOSAIC_MIN_OFFSET)))
+    cut_y = _rand_int(rng, int(F32(h) * F32(MOSAIC_MIN_OFFSET)), int(F32(h) * F32(1 - MOSAIC_MIN_OFFSET)))
+    (third, third_truth), (fourth, fourth_truth) = samples[2], samples[3]
+    image[:, :cut_y, cut_x:] = second[:, :cut_y, cut_x:]
+    image[:, cut_y:, :cut_x] = third[:, cut_y:, :cut_x]
+    image[:, cut_y:, cut_x:] = fourth[:, cut_y:, cut_x:]
+    areas = [F32(cut_x * cut_y), F32((w - cut_x) * cut_y), F32(cut_x * (h - cut_y)), F32((w - cut_x) * (h - cut_y))]
+    truths = [truth, second_truth, third_truth, fourth_truth]
+    mixed = sum(t * (area / F32(w * h)) for t, area in zip(truths, areas))
+    return image, mixed.astype(F32)
+
+
+def _rand_int(rng: np.random.Generator, low: int, high: int) -> int:
+    """utils.c rand_int: uniform in [low, high] (the bounds swapped when high < low)."""
+    low, high = min(low, high), max(low, high)
+    return int(rng.integers(low, high + 1))
 
 
 # --------------------------------------------------------------------------------------------------- loss

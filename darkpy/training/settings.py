@@ -154,17 +154,24 @@ class _HeadSection:
             setattr(self, ATTRIBUTE_NAMES.get(key, key), value)
 
 
-def _detection_mixup_mode(net: Section) -> int:
-    """parse_net_options combines mixup/cutmix/mosaic into net.mixup; load_data_detection then drops cutmix
-    (2 -> 0, 4 -> 3: "cutmix=1 - isn't supported for Detector")."""
+def net_mixup_mode(net: Section) -> int:
+    """parse_net_options' net.mixup: mixup= as written (1: mixup), overridden by cutmix=1 (2), mosaic=1 (3) or
+    both (4)."""
     mode = net.get_int("mixup", 0)
     cutmix, mosaic = net.get_int("cutmix", 0), net.get_int("mosaic", 0)
     if mosaic and cutmix:
-        mode = 4
-    elif cutmix:
-        mode = 2
-    elif mosaic:
-        mode = 3
+        return 4
+    if cutmix:
+        return 2
+    if mosaic:
+        return 3
+    return mode
+
+
+def _detection_mixup_mode(net: Section) -> int:
+    """load_data_detection drops cutmix from net.mixup (2 -> 0, 4 -> 3: "cutmix=1 - isn't supported for
+    Detector")."""
+    mode = net_mixup_mode(net)
     mode = {2: MIXUP_NONE, 4: MIXUP_MOSAIC}.get(mode, mode)
     if mode not in (MIXUP_NONE, MIXUP_BLEND, MIXUP_MOSAIC):
         raise net.error(f"mixup={mode} is not a mode Darknet's detector loader knows (0, 1, or mosaic=1)", "mixup")

@@ -28,8 +28,9 @@ from darkpy.cfg import parse_cfg
 from darkpy.cli import main as cli_main
 from darkpy.data import DataProblems
 from darkpy.model import Darknet
-from darkpy.training.classifier import (ClassifierAugment, ClassifierLoss, ClassificationTrainSet, distort,
-                                        loss_points, random_augment, rotate_crop, truth_vector)
+from darkpy.training.classifier import (CUTMIX, MIXUP, MOSAIC, ClassifierAugment, ClassifierLoss,
+                                        ClassificationTrainSet, distort, loss_points, mix_samples, random_augment,
+                                        rotate_crop, truth_vector)
 from darkpy.training.settings import TrainOptions
 from darkpy.training.trainer import Trainer
 from darkpy.heads import LossError
@@ -139,6 +140,32 @@ def test_distort_follows_darknet_hsv():
     turned = distort(rgb, 0.5, 1.0, 1.0)  # hue + 180 degrees: h = 1/12
     np.testing.assert_allclose(turned.ravel(), [0.8, 0.5, 0.2], atol=1e-6)
     assert distort(rgb, 0.0, 3.0, 2.0).max() == 1.0  # constrain_image
+
+
+def test_mixup_cutmix_mosaic():
+    """load_data_augment's mixes: images 0, 1, 2, 3 (constant values) with one-hot truths."""
+    samples = [(np.full((3, 20, 30), v, np.float32), np.eye(4, dtype=np.float32)[v]) for v in range(4)]
+    image, truth = mix_samples(samples, MIXUP, np.random.default_rng(0))
+    assert np.all(image == 0.5) and truth.tolist() == [0.5, 0.5, 0, 0]
+    for seed in range(5):
+        image, truth = mix_samples(samples, CUTMIX, np.random.default_rng(seed))
+        pasted = image[0] == 1
+        rows, cols = np.nonzero(pasted)
+        assert pasted.sum() == (np.ptp(rows) + 1) * (np.ptp(cols) + 1)  # one rectangle
+        assert 6 <= np.ptp(rows) + 1 <= 16 and 9 <= np.ptp(cols) + 1 <= 24  # 30..80 % of each side (truncated)
+        assert truth[1] == pytest.approx(pasted.mean()) and truth.sum() == pytest.approx(1)
+        image, truth = mix_samples(samples, MOSAIC, np.random.default_rng(seed))
+        assert image[0, 0, 0] == 0 and image[0, 0, -1] == 1 and image[0, -1, 0] == 2 and image[0, -1, -1] == 3
+        assert truth == pytest.approx([(image[0] == v).mean() for v in range(4)])
+
+
+def test_mixing_is_half_of_the_samples():
+    config = ClassifierAugment.from_net(parse_cfg(str(CASE / "case.cfg"))[0], 4, 32, 32)
+    config = ClassifierAugment(**{**config.__dict__, "mixup": MIXUP, "label_smooth_eps": 0.0})
+    dataset = ClassificationTrainSet(["img0_zebra.png", "img1_koala.png"], LABELS, config,
+                                     list_file=str(CASE / "train.txt"))
+    mixed = sum(dataset.sample(0, np.random.default_rng(seed))[1].max() < 1 for seed in range(40))
+    assert 10 <= mixed <= 30
 
 
 def test_truth_from_the_path_and_problems_counted():
