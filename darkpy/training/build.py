@@ -18,7 +18,6 @@ from darkpy.data import DataConfig, DataProblems, read_data_config, read_image_l
 from darkpy.evaluation.inference import resolve_device
 
 from darkpy.training.classifier import ClassificationTrainSet, ClassifierAugment, ClassifierLoss
-from darkpy.training.classifier import unimplemented_options as classifier_unimplemented
 from darkpy.training.loss import DarknetLoss
 from darkpy.model import Darknet
 from darkpy.training.checkpoints import StartWeights, backup_folder, load_start_weights
@@ -86,7 +85,7 @@ def build_training(options: TrainOptions, dist: Distributed, say: Callable[[str]
         settings = TrainSettings.read(net, AugmentConfig.from_net_and_head(net, model.heads[-1]), options,
                                       dist.world)
         task = _detector_task(data, settings, backup, model, options, dist.main, say, problems)
-    _warn_unimplemented(net, model, settings, dist.main, options.task)
+    _warn_unimplemented(net, model, settings, dist.main)
     optimizer = build_optimizer(model.layers, settings.optimizer)
     ema = WeightsEma(model.layers, settings.ema_alpha, settings.max_batches) if settings.ema_alpha else None
     amp = bool(device.type == "cuda" if options.amp is None else options.amp)
@@ -202,10 +201,8 @@ def _read_train_list(data: DataConfig, backup: Path, main: bool, say: Callable[[
     return train_list, paths
 
 
-def _warn_unimplemented(net: Section, model: Darknet, settings: TrainSettings, main: bool, task: str) -> None:
+def _warn_unimplemented(net: Section, model: Darknet, settings: TrainSettings, main: bool) -> None:
     """One warning naming every option that would make Darknet train differently from darkpy."""
     items = unimplemented_options(net, model.layers, settings.optimizer.adam)
-    if task == "classifier":
-        items += classifier_unimplemented(net)
     if items and main:
         warnings.warn("darkpy trains without these options:\n  " + "\n  ".join(items), TrainWarning, stacklevel=3)

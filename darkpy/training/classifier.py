@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 import torch
 from darkpy.cfg import Section
@@ -34,8 +35,8 @@ from darkpy.training.sampler import SampleKey
 from darkpy.training.settings import net_mixup_mode
 
 F32 = np.float32
-# [net] keys of classifier training that darkpy reads but does not implement
-NOT_IMPLEMENTED = {"blur": "blur of classification images"}
+BLUR_CHANCE = 4  # load_data_augment blurs one image in four (blur=1: a 15x15 Gaussian, blur=N: NxN)
+BLUR_DEFAULT_KERNEL = 15
 MIXUP, CUTMIX, MOSAIC, CUTMIX_OR_MOSAIC = 1, 2, 3, 4  # net.mixup (darkpy.training.settings.net_mixup_mode)
 CUTMIX_SIDES = (0.3, 0.8)  # load_data_augment: the cut is 30..80 % of the network's width and height
 MOSAIC_MIN_OFFSET = 0.2  # the mosaic's cut point lies in 20..80 % of the width and height
@@ -58,6 +59,7 @@ class ClassifierAugment:
     exposure: float = 1.0
     label_smooth_eps: float = 0.0
     mixup: int = 0  # net.mixup: 1 mixup, 2 cutmix, 3 mosaic, 4 cutmix or mosaic
+    blur: int = 0
     random: float = 0.0  # train_classifier has no multi-scale training
     resize_step: int = 32
 
@@ -68,18 +70,13 @@ class ClassifierAugment:
                    angle=net.get_float("angle", 0.0), aspect=net.get_float("aspect", 1.0),
                    flip=bool(net.get_int("flip", 1)), hue=net.get_float("hue", 0.0),
                    saturation=net.get_float("saturation", 1.0), exposure=net.get_float("exposure", 1.0),
-                   label_smooth_eps=net.get_float("label_smooth_eps", 0.0), mixup=net_mixup_mode(net))
+                   label_smooth_eps=net.get_float("label_smooth_eps", 0.0), mixup=net_mixup_mode(net),
+                   blur=net.get_int("blur", 0))
 
     @property
     def size(self) -> int:
         """The side of the square crop: the network's larger side."""
         return max(self.width, self.height)
-
-
-def unimplemented_options(net: Section) -> List[str]:
-    return [f"{net.file}:{net.options[key].line}: [net] {key}={net.raw(key)} ({what})"
-            for key, what in NOT_IMPLEMENTED.items()
-            if net.has(key) and str(net.raw(key)).strip() not in ("0", "0.0", "")]
 
 
 # ------------------------------------------------------------------------------------------- augmentation
@@ -207,13 +204,16 @@ class ClassificationTrainSet(TrainImages):
         """The augmented image `index` (another one if it cannot be read) and its truth; with mixup, cutmix or
         mosaic, half of the time mixed with other random images (load_data_augment)."""
         problems = problems if problems is not None else self.problems
-        first = self._augmented(index, rng, problems)
-        if not self.config.mixup or not rng.integers(2):
-            return first
-        mode = self.config.mixup if self.config.mixup != CUTMIX_OR_MOSAIC else int(rng.integers(CUTMIX, MOSAIC + 1))
-        others = [self._augmented(int(rng.integers(len(self))), rng, problems)
-                  for _ in range(3 if mode == MOSAIC else 1)]
-        return mix_samples([first] + others, mode, rng)
+        image, truth = self._augmented(index, rng, problems)
+        if self.config.mixup and rng.integers(2):
+            mixup = self.config.mixup
+            mode = mixup if mixup != CUTMIX_OR_MOSAIC else int(rng.integers(CUTMIX, MOSAIC + 1))
+            others = [self._augmented(int(rng.integers(len(self))), rng, problems)
+                      for _ in range(3 if mode == MOSAIC else 1)]
+            image, truth = mix_samples([(image, truth)] + others, mode, rng)
+        if self.config.blur and rng.integers(BLUR_CHANCE) == 0:
+            image = blur(image, BLUR_DEFAULT_KERNEL if self.config.blur == 1 else self.config.blur)
+        return image, truth
 
     def _augmented(self, index: int, rng: np.random.Generator, problems) -> Tuple[np.ndarray, np.ndarray]:
         index, image = self.read_image(index, rng, problems)
@@ -249,6 +249,14 @@ def mix_samples(samples: Sequence[Tuple[np.ndarray, np.ndarray]], mode: int,
     truths = [truth, second_truth, third_truth, fourth_truth]
     mixed = sum(t * (area / F32(w * h)) for t, area in zip(truths, areas))
     return image, mixed.astype(F32)
+
+
+def blur(image: np.ndarray, kernel: int) -> np.ndarray:
+    """image_opencv.cpp blur_image on float32 (3, h, w): to 8 bits as image_to_mat does ((unsigned char)(v*255),
+    truncated), cv::GaussianBlur with a kernel x kernel window (sigma from the size), back by /255."""
+    pixels = (image * F32(255)).astype(np.uint8).transpose(1, 2, 0)
+    blurred = cv2.GaussianBlur(np.ascontiguousarray(pixels), (kernel, kernel), 0)
+    return to_float(blurred)
 
 
 def _rand_int(rng: np.random.Generator, low: int, high: int) -> int:

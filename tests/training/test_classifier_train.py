@@ -29,8 +29,8 @@ from darkpy.cli import main as cli_main
 from darkpy.data import DataProblems
 from darkpy.model import Darknet
 from darkpy.training.classifier import (CUTMIX, MIXUP, MOSAIC, ClassifierAugment, ClassifierLoss,
-                                        ClassificationTrainSet, distort, loss_points, mix_samples, random_augment,
-                                        rotate_crop, truth_vector)
+                                        ClassificationTrainSet, blur, distort, loss_points, mix_samples,
+                                        random_augment, rotate_crop, truth_vector)
 from darkpy.training.settings import TrainOptions
 from darkpy.training.trainer import Trainer
 from darkpy.heads import LossError
@@ -157,6 +157,17 @@ def test_mixup_cutmix_mosaic():
         image, truth = mix_samples(samples, MOSAIC, np.random.default_rng(seed))
         assert image[0, 0, 0] == 0 and image[0, 0, -1] == 1 and image[0, -1, 0] == 2 and image[0, -1, -1] == 3
         assert truth == pytest.approx([(image[0] == v).mean() for v in range(4)])
+
+
+def test_blur_is_opencvs_gaussian_on_8_bits():
+    image = np.zeros((3, 21, 21), np.float32)
+    image[:, 10, 10] = 1.0
+    image[0, 0, 0] = 0.5  # (unsigned char)(0.5 * 255) = 127
+    blurred = blur(image, 15)
+    kernel = cv2.getGaussianKernel(15, 0)
+    expected = np.rint(255 * kernel[7, 0] ** 2) / np.float32(255)
+    assert blurred[1, 10, 10] == pytest.approx(expected, abs=1e-7)
+    assert blurred[0].sum() > blurred[1].sum()  # the corner's 127 is spread too
 
 
 def test_mixing_is_half_of_the_samples():
