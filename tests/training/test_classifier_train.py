@@ -14,7 +14,6 @@ import contextlib
 import io
 import os
 import shutil
-import signal
 import warnings
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from darkpy.training.classifier import (CUTMIX, MIXUP, MOSAIC, ClassifierAugment
 from darkpy.training.settings import TrainOptions
 from darkpy.training.trainer import Trainer
 from darkpy.heads import LossError
+from helpers.tiny_training import ctrl_c_after
 
 CASE = LOCAL_FIXTURES / "classifier-train"
 ULP = 2.0 ** -23
@@ -239,15 +239,7 @@ def test_command_trains_snapshots_and_evaluates(case):
 def test_ctrl_c_saves_last_and_resume_continues(case):
     """The detector's loop: a stop signal saves `_last` after the iteration and says how to continue."""
     first = _trainer(case, str(case / "case.cfg"), weights=str(case / "init.weights"), max_batches=3)
-    original = first.train_iteration
-
-    def interrupt_at_two(images, truths, iteration):
-        loss = original(images, truths, iteration)
-        if iteration + 1 == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return loss
-
-    first.train_iteration = interrupt_at_two
+    ctrl_c_after(first, 2)
     try:
         assert first.train() == 130
     finally:
