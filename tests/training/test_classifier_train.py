@@ -264,6 +264,9 @@ def test_bad_input(case):
     (case / "nolabels.data").write_text("classes=4\ntrain=train.txt\nbackup=backup\n")
     code, _, err = _run(["classifier", "train", "nolabels.data", "case.cfg"] + FAST, case)
     assert code == 1 and "nolabels.data: no labels= (or names=) line" in err and "Traceback" not in err
+    (case / "missing.data").write_text("classes=4\ntrain=train.txt\nlabels=nowhere.list\nbackup=backup\n")
+    code, _, err = _run(["classifier", "train", "missing.data", "case.cfg"] + FAST, case)
+    assert code == 1 and "missing.data:3" in err and "'nowhere.list' does not exist" in err
     (case / "three.labels").write_text("zebra\nkoala\ntulip\n")
     (case / "short.data").write_text("classes=4\ntrain=train.txt\nlabels=three.labels\nbackup=backup\n")
     code, _, err = _run(["classifier", "train", "short.data", "case.cfg"] + FAST, case)
