@@ -11,7 +11,7 @@ import os
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,6 +28,8 @@ __all__ = [
     "DataProblems",
     "read_labels",
     "report_missing_image",
+    "labels_in_path",
+    "true_class",
 ]
 
 # Kinds of data problems, as counted in DataProblems.summary().
@@ -37,6 +39,8 @@ BAD_CLASS_ID = "class id out of range"
 BAD_COORDINATES = "coordinates outside [0,1]"
 BAD_COLUMN_COUNT = "wrong column count"
 UNPARSABLE = "unparsable number"
+NO_LABEL_IN_PATH = "image path with no label name"
+SEVERAL_LABELS_IN_PATH = "image path with several label names"
 
 
 class DataError(ValueError):
@@ -288,6 +292,18 @@ def label_path(image_path: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- problems
+
+def labels_in_path(path: str, labels: Sequence[str]) -> List[int]:
+    """The indices of every label name that occurs in the path string (Darknet's classifier reads an image's
+    class from its path: data.c fill_truth, `strstr(path, labels[i])`)."""
+    return [i for i, label in enumerate(labels) if label in path]
+
+
+def true_class(path: str, labels: Sequence[str]) -> int:
+    """validate_classifier_single: the first label (in the labels file's order) found in the path, -1 if none."""
+    found = labels_in_path(path, labels)
+    return found[0] if found else -1
+
 
 class DataProblems:
     """Collects dataset warnings (`file:line: message`), each distinct message once, counted by kind.

@@ -5,6 +5,7 @@ on random crops of the photos in the repository's data/images. Each image gets a
 (`<class> <x_center> <y_center> <width> <height>`, relative to the image: the layout AlexeyAB darknet reads, see
 src/utils.c `replace_image_to_label`), and OUT gets train.txt / valid.txt, shapes.names, shapes.data and an empty
 backup/ folder, so that `darkpy train --data OUT/shapes.data` (or `darknet detector train`) runs on it at once.
+The classification variant (`shapes-cls`) paints one large shape per image and names the image after its class.
 A label box is the extent of the shape's pixels that are at least half covered, so labels match the pixels to within a
 pixel. The output depends only on the options and --seed.
 """
@@ -30,6 +31,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 # Shape size: the diameter of the circle the shape fits in, as a fraction of the image side.
 MIN_SHAPE_FRACTION, MAX_SHAPE_FRACTION = 0.12, 0.42
+CLASSIFICATION_SHAPE_FRACTIONS = (0.4, 0.8)  # shapes-cls: one large shape per image
 MIN_CROP_FRACTION = 0.35  # background crops cover 35..100 % of the photo's shorter side
 PLACEMENT_TRIES = 50
 MIN_COLOUR_DISTANCE = 120  # sum over R, G, B between the shape's colour and the mean photo colour under it
@@ -184,13 +186,14 @@ def render_shapes_image(background: np.ndarray, classes: int, objects: int,
 
 
 def _place_shape(kind: str, image: np.ndarray, taken: Sequence[Tuple[int, int, int, int]],
-                 rng: np.random.Generator) -> Optional[Tuple[np.ndarray, Tuple[int, int, int, int]]]:
+                 rng: np.random.Generator, fractions: Tuple[float, float] = (MIN_SHAPE_FRACTION, MAX_SHAPE_FRACTION)
+                 ) -> Optional[Tuple[np.ndarray, Tuple[int, int, int, int]]]:
     height, width = image.shape[:2]
     side = min(height, width)
     for _ in range(PLACEMENT_TRIES):
         aspect = rng.uniform(0.8, 1.25)
         # the outline stays within `reach` of its centre: the shape is at most 2*reach wide and high
-        reach = rng.uniform(MIN_SHAPE_FRACTION, MAX_SHAPE_FRACTION) * side / 2
+        reach = rng.uniform(*fractions) * side / 2
         radius = reach / max(aspect, 1.0)
         angle = rng.uniform(0, 2 * math.pi)
         reach += 2  # keep off the border by two pixels
@@ -206,6 +209,65 @@ def _place_shape(kind: str, image: np.ndarray, taken: Sequence[Tuple[int, int, i
 
 # ------------------------------------------------------------------------------------------------ dataset
 
+def render_classification_image(background: np.ndarray, class_id: int,
+                                rng: np.random.Generator) -> np.ndarray:
+    """One shape of SHAPE_NAMES[class_id], large (CLASSIFICATION_SHAPE_FRACTIONS of the side), on the background."""
+    image = background.copy()
+    placed = None
+    while placed is None:  # a shape of at most 80 % of the side always fits; the loop ends at once in practice
+        placed = _place_shape(SHAPE_NAMES[class_id], image, [], rng, CLASSIFICATION_SHAPE_FRACTIONS)
+    mask, _ = placed
+    paint(image, mask, _contrasting_colour(image, mask, rng))
+    return image
+
+
+def make_shapes_classification_dataset(out_dir: Union[str, Path], images: int = 1000, size: int = 64,
+                                       classes: int = 5, seed: int = 0, valid_fraction: float = 0.2,
+                                       backgrounds: Union[str, Path, None] = None, relative_paths: bool = False,
+                                       force: bool = False, progress: bool = False) -> ShapesSummary:
+    """Write the classification variant (`darkpy make-dataset shapes-cls OUT`): one shape per image, its class
+    name in the file name (`train/000123_star.jpg`), as Darknet's classifier reads labels from paths; train.list,
+    valid.list, shapes.labels and shapes-cls.data (classes, train, valid, labels, names, backup, top=2)."""
+    _check_options(images, size, classes, valid_fraction, 1, 0.0)
+    out = _output_folder(out_dir, force)
+    names = list(SHAPE_NAMES[:classes])
+    clash = [name for name in names if name in str(out)]
+    if clash and not relative_paths:
+        raise ValueError(f"{out}: the folder's path contains the class name {clash[0]!r}; Darknet takes an image's "
+                         f"class from the first class name found anywhere in its path, so every image would be "
+                         f"{clash[0]!r}. Choose another folder, or --relative")
+    photos = load_backgrounds(backgrounds if backgrounds is not None else DEFAULT_BACKGROUNDS)
+    rng = np.random.default_rng(seed)
+    valid_count = int(round(images * valid_fraction))
+    splits = {"train": [], "valid": []}
+    indices = tqdm(range(images), desc="shapes-cls", unit="image") if progress else range(images)
+    for i in indices:
+        split = "valid" if i < valid_count else "train"
+        class_id = i % classes  # balanced classes
+        image = render_classification_image(random_background(photos, size, rng), class_id, rng)
+        image_path = out / split / f"{i:06d}_{names[class_id]}.jpg"
+        _write_image(image_path, image)
+        splits[split].append(os.path.relpath(image_path, out) if relative_paths else str(image_path))
+    _write_lines(out / "train.list", splits["train"])
+    _write_lines(out / "valid.list", splits["valid"])
+    _write_lines(out / "shapes.labels", names)
+    (out / "backup").mkdir(exist_ok=True)
+    data_file = out / "shapes-cls.data"
+    where = (lambda name: name) if relative_paths else (lambda name: str(out / name))
+    lines = [f"classes = {classes}", f"train = {where('train.list')}", f"valid = {where('valid.list')}",
+             f"labels = {where('shapes.labels')}", f"names = {where('shapes.labels')}",
+             f"backup = {where('backup')}", "top = 2"]
+    _write_lines(data_file, lines)
+    return ShapesSummary(out, data_file, len(splits["train"]), len(splits["valid"]), images, names)
+
+
+def _output_folder(out_dir: Union[str, Path], force: bool) -> Path:
+    out = Path(out_dir).resolve()
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"{out}: the folder is not empty (use --force to write into it anyway)")
+    return out
+
+
 def make_shapes_dataset(out_dir: Union[str, Path], images: int = 500, size: int = 224, classes: int = 5,
                         seed: int = 0, valid_fraction: float = 0.2, max_objects: int = 4,
                         negative_fraction: float = 0.05, backgrounds: Union[str, Path, None] = None,
@@ -213,9 +275,7 @@ def make_shapes_dataset(out_dir: Union[str, Path], images: int = 500, size: int 
                         progress: bool = False) -> ShapesSummary:
     """Write the shapes dataset to out_dir; see the module docstring for the layout."""
     _check_options(images, size, classes, valid_fraction, max_objects, negative_fraction)
-    out = Path(out_dir).resolve()
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"{out}: the folder is not empty (use --force to write into it anyway)")
+    out = _output_folder(out_dir, force)
     photos = load_backgrounds(backgrounds if backgrounds is not None else DEFAULT_BACKGROUNDS)
     rng = np.random.default_rng(seed)
     names = list(SHAPE_NAMES[:classes])

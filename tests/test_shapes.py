@@ -155,3 +155,34 @@ def test_command_errors_are_messages(backgrounds, tmp_path, capsys, dataset):
 
 def test_default_backgrounds_are_the_repository_photos():
     assert shapes.DEFAULT_BACKGROUNDS == REPO / "data" / "images"
+
+
+def test_classification_dataset(backgrounds, tmp_path, capsys):
+    """shapes-cls: one shape per image, the class name in the file name, a .data Darknet's classifier reads; the
+    training set gives every image the truth of its name."""
+    out = tmp_path / "cls"
+    assert main(["make-dataset", "shapes-cls", str(out), "--images", "12", "--size", "48", "--seed", "4",
+                 "--backgrounds", str(backgrounds)]) == 0
+    assert "train with: darkpy classifier train" in capsys.readouterr().out
+    data = read_data_config(str(out / "shapes-cls.data"))
+    assert data.options["top"] == "2" and data.classes == 5
+    labels = read_names(data.existing_file("labels", None))
+    assert labels == list(shapes.SHAPE_NAMES)
+    train = read_image_list(data.existing_file("train", None))
+    valid = read_image_list(data.existing_file("valid", None))
+    assert (len(train), len(valid)) == (10, 2)
+    for path in train + valid:
+        found = [name for name in labels if name in path]
+        assert len(found) == 1 and Path(path).name.endswith(f"_{found[0]}.jpg")
+        assert load_image(path).shape == (48, 48, 3)
+    # the same seed writes the same files
+    again = tmp_path / "again"
+    main(["make-dataset", "shapes-cls", str(again), "--images", "12", "--size", "48", "--seed", "4",
+          "--backgrounds", str(backgrounds)])
+    assert (out / "train" / Path(train[0]).name).read_bytes() == (again / "train" / Path(train[0]).name).read_bytes()
+
+
+def test_classification_dataset_refuses_a_folder_named_like_a_class(backgrounds, tmp_path, capsys):
+    code = main(["make-dataset", "shapes-cls", str(tmp_path / "star-data"), "--images", "5", "--size", "32",
+                 "--backgrounds", str(backgrounds)])
+    assert code == 2 and "contains the class name 'star'" in capsys.readouterr().err

@@ -1,5 +1,7 @@
 """`darkpy classifier predict|valid DATA CFG WEIGHTS [IMAGE]`: Darknet's `classifier predict` and `classifier
-valid` (src/classifier.c predict_classifier, validate_classifier_single), printing exactly what they print.
+valid` (src/classifier.c predict_classifier, validate_classifier_single), printing exactly what they print; and
+`darkpy classifier train DATA CFG [WEIGHTS]` (train_classifier: the training loop of `darkpy train`, with the
+classifier's data and loss, darkpy.training.classifier).
 
 predict: the top k classes of each image (`-t N`/`--top N`, else the .data file's `top=`, else 1), with the
 names of the .data file's `names=` (or `labels=`); without an image, paths are read from standard input, one a
@@ -10,29 +12,43 @@ Both load the network as Darknet does for inference (batch 1, batch norm folded)
 import argparse
 import sys
 import time
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from darkpy.commands.common import INPUT_ERRORS, UsageError, fail, load_model
-from darkpy.data import DataConfig, read_data_config, read_image_list, read_names, resolve_path
-from darkpy.evaluation.classify import Classifier, top_k
+from darkpy.commands.train import add_training_arguments, options_from_args, run_training
+from darkpy.data import DataConfig, read_data_config, read_names
+from darkpy.evaluation.classify import Accuracy, Classifier, measure_accuracy, top_k
 from darkpy.image import ImageError, load_image
 
 DEFAULT_LABELS = "data/labels.list"  # option_find_str(options, "labels", "data/labels.list")
 DEFAULT_VALID = "data/train.list"
 DEFAULT_CLASSES = 2
-ACTIONS = ("predict", "valid")
+ACTIONS = ("predict", "valid", "train")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=ACTIONS, help="predict: top classes of images; valid: accuracy")
+    parser.add_argument("action", choices=ACTIONS,
+                        help="predict: top classes of images; valid: accuracy; train: Darknet's classifier training")
     parser.add_argument("data", help="darknet .data file (classes, names or labels, top, valid)")
     parser.add_argument("cfg", help="the classifier's .cfg")
     parser.add_argument("weights", nargs="?", help="its .weights (without it: the cfg's random initialisation)")
     parser.add_argument("image", nargs="?", help="predict: an image (without it: paths from standard input)")
     parser.add_argument("-t", "--top", type=int, default=0, help="predict: how many classes (default: .data top=)")
+    parser.add_argument("--topk", "-topk", action="store_true",
+                        help="train: top-k accuracy on the valid list (k: .data top=, default 5) every --topk-epochs "
+                             "epochs, in the output and the chart (Darknet's -topk)")
+    parser.add_argument("--topk-epochs", type=int, default=2, help="train: with --topk, every this many epochs "
+                                                                    "(Darknet: 2; not before iteration 100)")
+    add_training_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "train":
+        if args.image is not None:
+            print(f"darkpy classifier: error: train takes DATA CFG [WEIGHTS], not {args.image!r}", file=sys.stderr)
+            return 2
+        return run_training(options_from_args(args, "classifier", args.topk, args.topk_epochs), "classifier train",
+                            args.gpus)
     try:
         data = read_data_config(args.data)
         model = load_model(args.cfg, args.weights, cfg_warnings="ignore", command="classifier")
@@ -104,35 +120,20 @@ def _name(names: Sequence[str], index: int) -> str:
     return names[index] if index < len(names) else f"class {index}"
 
 
-def true_class(path: str, labels: Sequence[str]) -> int:
-    """validate_classifier_single: the first label (in the labels file's order) found in the path, -1 if none."""
-    return next((i for i, label in enumerate(labels) if label in path), -1)
-
-
 def validate(classifier: Classifier, data: DataConfig) -> int:
     labels = read_names(data.existing_file("labels", DEFAULT_LABELS))
     list_path = data.existing_file("valid", DEFAULT_VALID)
-    paths = [resolve_path(p, list_path) for p in read_image_list(list_path)]
     classes = data.get_positive_int("classes", DEFAULT_CLASSES)
     topk = min(data.get_positive_int("top", 1), classes)
     print(" TOP calculation...")
-    top1 = topn = 0
-    unlabelled: List[str] = []
-    for i, path in enumerate(paths):
-        truth = true_class(path, labels[:classes])
-        if truth < 0:
-            unlabelled.append(path)
-        try:
-            scores = classifier.predict(load_image(path))
-        except ImageError as error:
-            print(f"darkpy classifier: error: {error} (counted as wrong)", file=sys.stderr)
-            continue
-        best = top_k(scores[:classes], topk)
-        top1 += best[0] == truth
-        topn += truth in best
-        print(f"\n{i}: top 1: {top1 / (i + 1):f}, top {topk}: {topn / (i + 1):f}", end="")
+
+    def running_line(i: int, accuracy: Accuracy) -> None:
+        print(f"\n{i}: top 1: {accuracy.top1 / (i + 1):f}, top {topk}: {accuracy.topk / (i + 1):f}", end="")
+
+    accuracy = measure_accuracy(classifier, list_path, labels, classes, topk, running_line,
+                                lambda message: print(f"darkpy classifier: error: {message}", file=sys.stderr))
     print()
-    if unlabelled:
-        print(f"darkpy classifier: warning: {len(unlabelled)} image path(s) contain no label name (counted as "
-              f"wrong, as Darknet counts them), e.g. {unlabelled[0]}", file=sys.stderr)
+    if accuracy.unlabelled:
+        print(f"darkpy classifier: warning: {len(accuracy.unlabelled)} image path(s) contain no label name (counted "
+              f"as wrong, as Darknet counts them), e.g. {accuracy.unlabelled[0]}", file=sys.stderr)
     return 0

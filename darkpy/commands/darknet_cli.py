@@ -137,6 +137,27 @@ def split_flags(words: Sequence[str]) -> Tuple[List[str], Dict[str, Optional[str
     return positional, flags
 
 
+def _own_options(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """darkpy classifier's own `--options` (with the value of those that take one), and the other words."""
+    import argparse
+    from darkpy.commands import classifier  # only here: it imports training
+
+    parser = argparse.ArgumentParser()
+    classifier.add_arguments(parser)
+    takes_value = {option for action in parser._actions for option in action.option_strings if action.nargs != 0}
+    own: List[str] = []
+    rest: List[str] = []
+    words = iter(argv)
+    for word in words:
+        if not word.startswith("--"):
+            rest.append(word)
+            continue
+        own.append(word)
+        if word in takes_value:
+            own.append(next(words, ""))
+    return own, rest
+
+
 def _is_number(word: str) -> bool:
     try:
         float(word)
@@ -149,13 +170,17 @@ def translate(argv: Sequence[str]) -> Translation:
     """The darkpy command line for a Darknet one (`detector MODE ...` or `detect CFG WEIGHTS [IMAGE]`)."""
     if argv[0] in REFUSED_COMMANDS:
         raise DarknetUsageError(f"{argv[0]}: {REFUSED_COMMANDS[argv[0]]}")
+    own: List[str] = []
+    if argv[0] == "classifier":  # darkpy's own classifier command: its --options pass through
+        own, argv = _own_options(argv)
     positional, flags = split_flags(argv[1:])
     warnings = [f"{flag}: not implemented in darkpy ({FLAGS[flag].not_implemented}); ignored"
                 for flag in flags if FLAGS[flag].not_implemented]
     if argv[0] == "detect":
         return _coco_shortcut(positional, flags, warnings)
     if argv[0] in ("classifier", "classify"):
-        return _classifier(argv[0], positional, flags, warnings)
+        translation = _classifier(argv[0], positional, flags, warnings)
+        return Translation(translation.argv + own, translation.warnings)
     if not positional:
         raise DarknetUsageError("usage: darkpy detector [test/map/train/valid/demo/calc_anchors] DATA CFG "
                                 "[WEIGHTS]")
@@ -231,9 +256,12 @@ def _train(files: Sequence[str], flags: Dict[str, Optional[str]], warnings: List
     """detector train DATA CFG [WEIGHTS]; -gpus 0,1 is --gpus (one training process per GPU)."""
     argv = ["train", "--data", files[0], "--cfg", files[1]] + _weights(files[2:])
     argv += _mapped_flags(flags, _TRAIN_FLAGS, "detector train", warnings)
-    if flags.get("-gpus") is not None:
-        argv += ["--gpus", flags["-gpus"]]
-    return Translation(argv, warnings)
+    return Translation(argv + _gpus(flags), warnings)
+
+
+def _gpus(flags: Dict[str, Optional[str]]) -> List[str]:
+    """-gpus 0,1: --gpus (one GPU: that device; several: one training process per GPU)."""
+    return [] if flags.get("-gpus") is None else ["--gpus", flags["-gpus"]]
 
 
 def _coco_shortcut(positional: Sequence[str], flags: Dict[str, Optional[str]],
@@ -260,14 +288,26 @@ def _classifier(command: str, positional: Sequence[str], flags: Dict[str, Option
         positional = ["predict", IMAGENET_DATA] + list(positional)
         flags = {"-t": "5", **flags}
     mode = positional[0] if positional else ""
-    if mode not in ("predict", "valid"):
-        raise DarknetUsageError(f"classifier {mode}: not implemented (darkpy runs `classifier predict` and "
-                                f"`classifier valid`; classifier training is not implemented yet)")
+    if mode not in ("predict", "valid", "train"):
+        raise DarknetUsageError(f"classifier {mode}: not implemented (darkpy runs `classifier predict`, "
+                                f"`classifier valid` and `classifier train`)")
+    if mode == "train":
+        return _classifier_train(positional[1:], flags, warnings)
     if len(positional) < 3:
         raise DarknetUsageError(f"usage: darkpy classifier {mode} DATA CFG [WEIGHTS] [IMAGE] [-t TOP]")
     argv = ["classifier"] + [word.rstrip("\r") for word in positional[:5]]
     argv += _mapped_flags(flags, {"-t": "--top", "-i": None, "-dont_show": None}, f"classifier {mode}", warnings)
     return Translation(argv, warnings)
+
+
+def _classifier_train(files: Sequence[str], flags: Dict[str, Optional[str]], warnings: List[str]) -> Translation:
+    """classifier train DATA CFG [WEIGHTS] [-topk] [-clear] [-gpus 0,1], as detector train."""
+    if len(files) < 2:
+        raise DarknetUsageError("usage: darkpy classifier train DATA CFG [WEIGHTS] [-topk] [-clear]")
+    argv = ["classifier", "train"] + [word.rstrip("\r") for word in files[:3]]
+    argv += _mapped_flags(flags, {"-topk": "--topk", "-clear": "--clear", "-i": "--device", "-gpus": None,
+                                  "-dont_show": None}, "classifier train", warnings)
+    return Translation(argv + _gpus(flags), warnings)
 
 
 _MODES: Dict[str, Tuple[Callable[[Sequence[str], Dict[str, Optional[str]], List[str]], Translation], int, str]] = {

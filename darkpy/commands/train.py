@@ -1,5 +1,5 @@
 """`darkpy train`: Darknet's `detector train` (src/detector.c train_detector); the loop is
-darkpy.training.trainer."""
+darkpy.training.trainer. Its options and error handling serve `darkpy classifier train` too."""
 import argparse
 import os
 import sys
@@ -21,6 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", required=True, help="network .cfg")
     parser.add_argument("--weights", help="initial weights: a full .weights (continues its iteration count), a "
                                            "partial backbone *.conv.N, or none for Darknet's random initialisation")
+    parser.add_argument("--map", action="store_true",
+                        help="compute mAP@0.5 on the valid list during training (Darknet's -map) and keep "
+                             "<cfg>_best.weights")
+    parser.add_argument("--map-epochs", type=int, default=4,
+                        help="with --map: compute it every this many epochs of the train list, at least every "
+                             "100 iterations (Darknet's -mAP_epochs, default 4)")
+    add_training_arguments(parser)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `darkpy train` and `darkpy classifier train` share."""
     parser.add_argument("--clear", "-clear", action="store_true",
                         help="reset the iteration count (seen) of the weights to 0 (Darknet's -clear)")
     parser.add_argument("--resume", action="store_true",
@@ -41,12 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU training: torch threads (default: one per core)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
-    parser.add_argument("--map", action="store_true",
-                        help="compute mAP@0.5 on the valid list during training (Darknet's -map) and keep "
-                             "<cfg>_best.weights")
-    parser.add_argument("--map-epochs", type=int, default=4,
-                        help="with --map: compute it every this many epochs of the train list, at least every "
-                             "100 iterations (Darknet's -mAP_epochs, default 4)")
     parser.add_argument("--amp", dest="amp", action="store_true", default=None,
                         help="mixed precision (default: on with CUDA)")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision")
@@ -66,32 +71,38 @@ def gpu_list(text: str) -> List[int]:
     return gpus
 
 
-def options_from_args(args: argparse.Namespace) -> TrainOptions:
+def options_from_args(args: argparse.Namespace, task: str = "detector", evaluate: bool = False,
+                      epochs: int = 4) -> TrainOptions:
+    """TrainOptions from the parsed arguments (args.data, args.cfg, args.weights and add_training_arguments')."""
     return TrainOptions(data=args.data, cfg=args.cfg, weights=args.weights, clear=args.clear, resume=args.resume,
                         max_batches=args.max_batches, batch=args.batch, subdivisions=args.subdivisions,
                         width=args.width, height=args.height, learning_rate=args.learning_rate, device=args.device,
-                        workers=args.workers, threads=args.threads, seed=args.seed, calc_map=args.map,
-                        map_epochs=args.map_epochs, amp=args.amp, progress=not args.no_progress,
-                        verbose=args.verbose)
+                        workers=args.workers, threads=args.threads, seed=args.seed, calc_map=evaluate,
+                        map_epochs=epochs, amp=args.amp, progress=not args.no_progress,
+                        verbose=args.verbose, task=task)
 
 
 def run(args: argparse.Namespace) -> int:
     """`darkpy train`: 0 when max_batches is reached, 128 + the signal's number after Ctrl-C, SIGTERM or SIGHUP
     (with _last saved), 1 on bad input or when data loading failed (with _last saved). With several --gpus, the
     same in one process per GPU, the first failure's code."""
-    options = options_from_args(args)
-    gpus: Optional[List[int]] = args.gpus
+    return run_training(options_from_args(args, evaluate=args.map, epochs=args.map_epochs), "train", args.gpus)
+
+
+def run_training(options: TrainOptions, command: str, gpus: Optional[List[int]] = None) -> int:
+    """Train (detector or classifier, options.task) here, or on several GPUs in one process each; `command`
+    names the command in messages."""
     if gpus is None or "WORLD_SIZE" in os.environ:  # one process, or a worker of torchrun / of launch
-        return train(options)
+        return _train(options, command)
     if len(gpus) == 1:
         options.device = f"cuda:{gpus[0]}"
-        return train(options)
+        return _train(options, command)
     problem = _multi_gpu_problem(gpus, options.device)
     if problem:
-        print(f"darkpy train: error: --gpus {','.join(map(str, gpus))}: {problem}", file=sys.stderr)
+        print(f"darkpy {command}: error: --gpus {','.join(map(str, gpus))}: {problem}", file=sys.stderr)
         return 2
     options.device = "cuda"  # each worker takes the GPU of its LOCAL_RANK among CUDA_VISIBLE_DEVICES
-    return launch(train_worker, (options,), len(gpus), cuda_devices=gpus)
+    return launch(train_worker, (options, command), len(gpus), cuda_devices=gpus)
 
 
 def _multi_gpu_problem(gpus: List[int], device: str) -> Optional[str]:
@@ -107,24 +118,24 @@ def _multi_gpu_problem(gpus: List[int], device: str) -> Optional[str]:
     return None
 
 
-def train_worker(options: TrainOptions) -> None:
-    """One process of a run launched with several --gpus (distributed.launch): exits with train's code."""
-    sys.exit(train(options))
+def train_worker(options: TrainOptions, command: str = "train") -> None:
+    """One process of a run launched with several --gpus (distributed.launch): exits with the training's code."""
+    sys.exit(_train(options, command))
 
 
-def train(options: TrainOptions) -> int:
+def _train(options: TrainOptions, command: str) -> int:
     try:
         trainer = Trainer(options)
     except (TrainError, CfgError, DataError, WeightsError, LossError, ScheduleError, OSError, ValueError) as error:
-        print(f"darkpy train: error: {error}", file=sys.stderr)
+        print(f"darkpy {command}: error: {error}", file=sys.stderr)
         return 1
     try:
         return trainer.train()
     except (DataError, WeightsError, OSError) as error:
-        print(f"darkpy train: error: {error}", file=sys.stderr)
+        print(f"darkpy {command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ndarkpy train: interrupted twice: stopped without saving", file=sys.stderr)
+        print(f"\ndarkpy {command}: interrupted twice: stopped without saving", file=sys.stderr)
         return 130
     finally:
         trainer.close()

@@ -1,11 +1,14 @@
 """Darknet's classifier inference (src/classifier.c predict_classifier, validate_classifier_single): the input
 darkpy.image.classifier_input makes (resize_min, centre crop), one forward pass, and the k best classes."""
-from typing import List
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from darkpy.image import classifier_input
+from darkpy.data import read_image_list, resolve_path, true_class
+from darkpy.image import ImageError, classifier_input, load_image
 from darkpy.model import Darknet
 
 
@@ -40,3 +43,62 @@ class Classifier:
         with torch.inference_mode():
             out = self.model(x)
         return out.reshape(-1).float().cpu().numpy()
+
+
+@dataclass
+class Accuracy:
+    """validate_classifier_single's running figures over a valid list."""
+
+    top1: int = 0
+    topk: int = 0
+    images: int = 0
+    unreadable: int = 0
+    unlabelled: List[str] = field(default_factory=list)
+
+    @property
+    def top1_rate(self) -> float:
+        return self.top1 / self.images if self.images else 0.0
+
+    @property
+    def topk_rate(self) -> float:
+        return self.topk / self.images if self.images else 0.0
+
+
+def measure_accuracy(classifier: Classifier, list_file: str, labels: Sequence[str], classes: int, k: int,
+                     after_image: Optional[Callable[[int, Accuracy], None]] = None,
+                     on_error: Optional[Callable[[str], None]] = None) -> Accuracy:
+    """Top-1 and top-k over the images of a list file, the true class of each the first of the first `classes`
+    labels found in its path as the list writes it (an image without one, or one that cannot be read, counts as
+    wrong, as in Darknet). `after_image(i, accuracy)` is called after each image (Darknet prints its running
+    line there)."""
+    accuracy = Accuracy()
+    for i, path in enumerate(read_image_list(list_file)):
+        truth = true_class(path, labels[:classes])
+        if truth < 0:
+            accuracy.unlabelled.append(path)
+        accuracy.images += 1
+        try:
+            scores = classifier.predict(load_image(resolve_path(path, list_file)))
+        except ImageError as error:
+            accuracy.unreadable += 1
+            if on_error is not None:
+                on_error(f"{error} (counted as wrong)")
+            continue
+        best = top_k(scores[:classes], k)
+        accuracy.top1 += best[0] == truth
+        accuracy.topk += truth in best
+        if after_image is not None:
+            after_image(i, accuracy)
+    return accuracy
+
+
+@contextmanager
+def evaluating(model: Darknet) -> Iterator[Darknet]:
+    """The model in eval mode (batch norm with its rolling statistics, as Darknet's network_predict) for the
+    duration, then back in the mode it had: accuracy during training."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -11,20 +11,27 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 import torch
+from torch.utils.data import Dataset
 
 from darkpy.cfg import Section, parse_cfg
 from darkpy.data import DataConfig, DataProblems, read_data_config, read_image_list, resolve_path
 from darkpy.evaluation.inference import resolve_device
+
+from darkpy.training.classifier import ClassificationTrainSet, ClassifierAugment, ClassifierLoss
 from darkpy.training.loss import DarknetLoss
 from darkpy.model import Darknet
 from darkpy.training.checkpoints import StartWeights, backup_folder, load_start_weights
 from darkpy.training.dataset import DetectionTrainSet
 from darkpy.training.distributed import Distributed
 from darkpy.training.schedule import WeightsEma, build_optimizer
-from darkpy.training.settings import (TrainError, TrainOptions, TrainSettings, TrainWarning,
+from darkpy.training.settings import (AugmentConfig, TrainError, TrainOptions, TrainSettings, TrainWarning,
                                       unimplemented_options)
+from darkpy.training.tasks import (MapEvaluation, Task, TopKEvaluation, classifier_labels, classifier_line,
+                                   detector_line)
 
 DEFAULT_TRAIN_LIST = "data/train.txt"  # train_detector's option_find_str default
+DEFAULT_CLASSIFIER_TRAIN_LIST = "data/train.list"  # train_classifier's
+DEFAULT_CLASSIFIER_CLASSES = 2  # train_classifier: option_find_int(options, "classes", 2)
 MAX_LOADER_WORKERS = 6  # Darknet runs 6 loader threads per GPU
 
 
@@ -42,10 +49,11 @@ class TrainingSetup:
     start_iteration: int
     settings: TrainSettings
     backup: Path
-    train_set: DetectionTrainSet
+    task: Task
+    train_set: Dataset
     save_every: int  # .data saveweights: <cfg>_N.weights
     save_last_every: int  # .data savelast: <cfg>_last.weights
-    loss: DarknetLoss
+    loss: object  # the task's loss: DarknetLoss or ClassifierLoss
     optimizer: torch.optim.Optimizer
     ema: Optional[WeightsEma]
     amp: bool
@@ -66,12 +74,18 @@ def build_training(options: TrainOptions, dist: Distributed, say: Callable[[str]
     backup = backup_folder(data)
     start = load_start_weights(model, options, backup)
     dist.broadcast_model(model)
-    net, last_head = sections[0], model.heads[-1]
-    settings = TrainSettings.read(net, last_head, options, dist.world)
-    train_set = _read_train_list(data, settings, backup, int(last_head.classes), dist.main, say,
-                                 DataProblems(echo=echo if dist.main else None))
+    net = sections[0]
+    problems = DataProblems(echo=echo if dist.main else None)
+    if options.task == "classifier":
+        classes = data.get_positive_int("classes", DEFAULT_CLASSIFIER_CLASSES)
+        settings = TrainSettings.read(net, ClassifierAugment.from_net(net, classes, model.width, model.height),
+                                      options, dist.world)
+        task = _classifier_task(data, settings, backup, model, options, dist.main, say, problems)
+    else:
+        settings = TrainSettings.read(net, AugmentConfig.from_net_and_head(net, model.heads[-1]), options,
+                                      dist.world)
+        task = _detector_task(data, settings, backup, model, options, dist.main, say, problems)
     _warn_unimplemented(net, model, settings, dist.main)
-    loss = DarknetLoss(model.heads, warn=dist.main)
     optimizer = build_optimizer(model.layers, settings.optimizer)
     ema = WeightsEma(model.layers, settings.ema_alpha, settings.max_batches) if settings.ema_alpha else None
     amp = bool(device.type == "cuda" if options.amp is None else options.amp)
@@ -80,10 +94,10 @@ def build_training(options: TrainOptions, dist: Distributed, say: Callable[[str]
     return TrainingSetup(
         device=device, workers=workers, threads_before=threads_before, seed=seed, model=model,
         frozen_layers=frozen_layers, start=start, start_iteration=start.seen // settings.images_per_iteration,
-        settings=settings, backup=backup, train_set=train_set,
-        save_every=data.get_positive_int("saveweights", 10000 if settings.max_batches >= 10000 else 1000),
+        settings=settings, backup=backup, task=task, train_set=task.train_set,
+        save_every=data.get_positive_int("saveweights", task.save_every),
         save_last_every=data.get_positive_int("savelast", 100),
-        loss=loss, optimizer=optimizer, ema=ema, amp=amp, scaler=torch.amp.GradScaler("cuda", enabled=amp))
+        loss=task.loss, optimizer=optimizer, ema=ema, amp=amp, scaler=torch.amp.GradScaler("cuda", enabled=amp))
 
 
 def _training_device(requested: str, dist: Distributed) -> torch.device:
@@ -119,8 +133,11 @@ def _build_model(sections: List[Section], options: TrainOptions, device: torch.d
         if not main:  # the cfg's warnings once, from the main process
             warnings.simplefilter("ignore")
         model = Darknet(sections, width=options.width, height=options.height)
-    if not model.heads:
-        raise TrainError(f"{options.cfg}: the cfg has no [yolo] or [region] layer; darkpy trains detectors only")
+    if options.task == "detector" and not model.heads:
+        raise TrainError(f"{options.cfg}: the cfg has no [yolo] or [region] layer; to train a classifier use "
+                         f"`darkpy classifier train DATA CFG`")
+    if options.task == "classifier" and model.heads:
+        raise TrainError(f"{options.cfg}: the cfg has detection layers; train it with `darkpy train`")
     recurrent = (model.recurrent_layers() or [None])[0]
     if recurrent is not None:  # Darknet trains them on sequences of video frames (track=1, time_steps)
         raise TrainError(f"{recurrent.section.file}:{recurrent.section.line}: [{recurrent.section.written_type}] "
@@ -143,10 +160,34 @@ def _freeze_before_stopbackward(model: Darknet) -> int:
     return frozen
 
 
-def _read_train_list(data: DataConfig, settings: TrainSettings, backup: Path, classes: int, main: bool,
-                     say: Callable[[str], None], problems: DataProblems) -> DetectionTrainSet:
-    """The .data file's train list as a DetectionTrainSet; creates the backup folder."""
-    train_value = data.options.get("train", DEFAULT_TRAIN_LIST)
+def _detector_task(data: DataConfig, settings: TrainSettings, backup: Path, model: Darknet, options: TrainOptions,
+                   main: bool, say: Callable[[str], None], problems: DataProblems) -> Task:
+    classes = int(model.heads[-1].classes)
+    if data.classes is not None and data.classes != classes:
+        say(f" warning: {data.where('classes')}: classes={data.classes}, but the cfg's last layer has "
+            f"classes={classes}; the labels are checked against the cfg's, as Darknet does")
+    train_list, paths = _read_train_list(data, backup, main, say, DEFAULT_TRAIN_LIST)
+    return Task("detector", DetectionTrainSet(paths, settings.augment, problems, list_file=train_list),
+                DarknetLoss(model.heads, warn=main), MapEvaluation(options.data, problems),
+                10000 if settings.max_batches >= 10000 else 1000, detector_line)
+
+
+def _classifier_task(data: DataConfig, settings: TrainSettings, backup: Path, model: Darknet,
+                     options: TrainOptions, main: bool, say: Callable[[str], None], problems: DataProblems) -> Task:
+    """train_classifier's data: labels= names, the train list (default data/train.list), top-k on valid=."""
+    classes = settings.augment.classes
+    loss = ClassifierLoss(model.layers, classes)
+    labels = classifier_labels(data, classes)
+    train_list, paths = _read_train_list(data, backup, main, say, DEFAULT_CLASSIFIER_TRAIN_LIST)
+    train_set = ClassificationTrainSet(paths, labels, settings.augment, problems, list_file=train_list)
+    evaluation = TopKEvaluation(data, labels, classes) if options.calc_map else None
+    return Task("classifier", train_set, loss, evaluation, 1000, classifier_line)
+
+
+def _read_train_list(data: DataConfig, backup: Path, main: bool, say: Callable[[str], None],
+                     default_list: str) -> Tuple[str, List[str]]:
+    """The .data file's train list (its path and image paths); creates the backup folder."""
+    train_value = data.options.get("train", default_list)
     train_list = resolve_path(train_value, data.path)
     if not os.path.exists(train_list):
         where = data.where("train") if "train" in data.options else data.path
@@ -162,10 +203,7 @@ def _read_train_list(data: DataConfig, settings: TrainSettings, backup: Path, cl
             raise TrainError(f"{where}: the backup folder {backup} cannot be made: "
                              f"{'a file has that name' if backup.exists() else error.strerror}") from None
         say(f" created the backup folder {backup}")
-    if data.classes is not None and data.classes != classes:
-        say(f" warning: {data.where('classes')}: classes={data.classes}, but the cfg's last layer has "
-            f"classes={classes}; the labels are checked against the cfg's, as Darknet does")
-    return DetectionTrainSet(paths, settings.augment, problems, list_file=train_list)
+    return train_list, paths
 
 
 def _warn_unimplemented(net: Section, model: Darknet, settings: TrainSettings, main: bool) -> None:

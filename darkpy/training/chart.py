@@ -1,5 +1,5 @@
 """Darknet's training chart (src/image_opencv.cpp draw_train_chart / draw_train_loss), drawn with OpenCV: the
-average loss (blue dots) and mAP (red line) against iterations, saved as chart.png every 100 iterations."""
+average loss (blue dots) and mAP or a classifier's top-k accuracy (red line) against iterations, saved as chart.png every 100 iterations."""
 import math
 import os
 import tempfile
@@ -17,6 +17,7 @@ class Chart:
 
     max_batches: int
     max_loss: float = 20.0
+    metric: str = "mAP%"  # the red line's name: mAP (-map) or top-k accuracy (-topk)
     losses: List[Tuple[int, float]] = field(default_factory=list)
     maps: List[Tuple[int, float]] = field(default_factory=list)
     size: int = 1000
@@ -54,7 +55,7 @@ class Chart:
         for iteration, loss in self.losses:  # blue (BGR) dots
             cv2.circle(img, self._xy(iteration, loss / self.max_loss), 1, (255, 0, 0), -1)
         if self.maps:
-            cv2.putText(img, "mAP%", (hi - 60, lo - 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 255), 2)
+            cv2.putText(img, self.metric, (hi - 60, lo - 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 255), 2)
             points = [self._xy(i, m) for i, m in self.maps]
             for a, b in zip(points, points[1:]):
                 cv2.line(img, a, b, (0, 0, 255), 2)

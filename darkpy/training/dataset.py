@@ -23,7 +23,7 @@ from darkpy.training.settings import AugmentConfig
 
 MAX_IMAGE_TRIES = 100  # unreadable images are replaced by other random ones; give up after this many
 
-class _ProblemLog:
+class ProblemLog:
     """DataProblems' warn() interface, recording (kind, message) pairs to be replayed in the main process."""
 
     def __init__(self) -> None:
@@ -33,7 +33,46 @@ class _ProblemLog:
         self.items.append((kind, message))
 
 
-class DetectionTrainSet(Dataset):
+class TrainImages(Dataset):
+    """A training list's images (detector or classifier): paths resolved as Darknet opens them, an image that
+    cannot be read reported once and replaced by another randomly drawn one, problems handed back from loader
+    processes with their batches."""
+
+    def __init__(self, image_paths: Sequence[str], problems: Optional[DataProblems], list_file: Optional[str]):
+        self.list_file = list_file
+        self.written_paths = list(image_paths)  # as the list writes them (a classifier's labels come from them)
+        self.image_paths = [resolve_path(p, list_file) if list_file else p for p in image_paths]
+        if not self.image_paths:
+            raise DataError(f"{list_file or 'training list'}: the list has no images")
+        self.problems = problems if problems is not None else DataProblems()
+        self._unreadable: set = set()
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def read_image(self, index: int, rng: np.random.Generator, problems) -> Tuple[int, np.ndarray]:
+        """(index, image): image `index`, or when it cannot be read another one drawn at random."""
+        for _ in range(MAX_IMAGE_TRIES):
+            if index not in self._unreadable:
+                path = self.image_paths[index]
+                try:
+                    return index, load_image(path)
+                except ImageError as error:
+                    report_missing_image(problems, path, image_error_reason(error, path))
+                    self._unreadable.add(index)
+            index = int(rng.integers(len(self)))
+        raise DataError(f"{self.list_file or 'training list'}: no readable image in {MAX_IMAGE_TRIES} random draws "
+                        f"({len(self._unreadable)} of {len(self)} images failed to load)")
+
+    def __getstate__(self) -> dict:
+        # Workers report problems back with their batches; the collector (which may hold an echo function that
+        # cannot be pickled) stays in the main process.
+        state = dict(self.__dict__)
+        state["problems"] = None
+        return state
+
+
+class DetectionTrainSet(TrainImages):
     """A training list as Darknet's detector loader reads it; items are (image, truths, problems).
 
     `dataset[SampleKey(...)]` gives a float32 tensor (3, h, w) RGB in [0, 1], a truths tensor (max, 5)
@@ -45,27 +84,19 @@ class DetectionTrainSet(Dataset):
 
     def __init__(self, image_paths: Sequence[str], config: AugmentConfig, problems: Optional[DataProblems] = None,
                  list_file: Optional[str] = None):
-        self.list_file = list_file
-        self.image_paths = [resolve_path(p, list_file) if list_file else p for p in image_paths]
-        if not self.image_paths:
-            raise DataError(f"{list_file or 'training list'}: the list has no images")
+        super().__init__(image_paths, problems, list_file)
         self.config = config
-        self.problems = problems if problems is not None else DataProblems()
         self._labels: dict = {}
-        self._unreadable: set = set()
-
-    def __len__(self) -> int:
-        return len(self.image_paths)
 
     def __getitem__(self, key: SampleKey) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[str, str]]]:
         if not isinstance(key, SampleKey):
             raise TypeError("index the training set with SampleKey(index, width, height, ...) from IterationSampler")
-        log = _ProblemLog()
+        log = ProblemLog()
         rng = key.rng()
         image, truths = self.sample(key.index, key.width, key.height, rng, log)
         padded = torch.zeros((self.config.max_boxes, 5), dtype=torch.float32)
         padded[: len(truths)] = torch.from_numpy(truths)
-        return torch.from_numpy(np.ascontiguousarray(image)), padded, self._hand_over(log)
+        return torch.from_numpy(np.ascontiguousarray(image)), padded, hand_over(self, log)
 
     def sample(self, index: int, net_w: int, net_h: int, rng: np.random.Generator,
                problems: Optional[DataProblems] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -80,43 +111,27 @@ class DetectionTrainSet(Dataset):
 
     def load(self, index: int, rng: np.random.Generator, problems: Optional[DataProblems] = None) -> Source:
         """Image `index` and its labels; an unreadable image is reported once and another one drawn instead."""
-        for _ in range(MAX_IMAGE_TRIES):
-            if index not in self._unreadable:
-                path = self.image_paths[index]
-                try:
-                    image = load_image(path)
-                except ImageError as error:
-                    report_missing_image(problems, path, _reason(error, path))
-                    self._unreadable.add(index)
-                else:
-                    labels_file = label_path(path)
-                    return image, self.labels(index, labels_file, problems), labels_file
-            index = int(rng.integers(len(self)))
-        raise DataError(f"{self.list_file or 'training list'}: no readable image in {MAX_IMAGE_TRIES} random draws "
-                        f"({len(self._unreadable)} of {len(self)} images failed to load)")
+        index, image = self.read_image(index, rng, problems)
+        labels_file = label_path(self.image_paths[index])
+        return image, self.labels(index, labels_file, problems), labels_file
 
     def labels(self, index: int, labels_file: str, problems: Optional[DataProblems]) -> np.ndarray:
         if index not in self._labels:
             self._labels[index] = read_labels(labels_file, self.config.classes, problems)
         return self._labels[index]
 
-    def __getstate__(self) -> dict:
-        # Workers report problems back with their batches; the collector (which may hold an echo function that
-        # cannot be pickled) stays in the main process.
-        state = dict(self.__dict__)
-        state["problems"] = None
-        return state
 
-    def _hand_over(self, log: _ProblemLog) -> List[Tuple[str, str]]:
-        """In the main process record problems at once; from a worker send them back with the batch."""
-        if get_worker_info() is None:
-            for kind, message in log.items:
-                self.problems.warn(kind, message)
-            return []
-        return log.items
+def hand_over(dataset, log: ProblemLog) -> List[Tuple[str, str]]:
+    """In the main process record a sample's problems in `dataset.problems` at once; from a loader worker send
+    them back with the batch (TrainBatches records them)."""
+    if get_worker_info() is None:
+        for kind, message in log.items:
+            dataset.problems.warn(kind, message)
+        return []
+    return log.items
 
 
-def _reason(error: ImageError, path: str) -> str:
+def image_error_reason(error: ImageError, path: str) -> str:
     text = str(error)
     prefix = f"{path}: "
     return text[len(prefix):] if text.startswith(prefix) else text
@@ -124,7 +139,8 @@ def _reason(error: ImageError, path: str) -> str:
 
 def collate_detections(items: Sequence[Tuple[torch.Tensor, torch.Tensor, List[Tuple[str, str]]]]
                        ) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[str, str]]]:
-    """Stack a batch: images (B, 3, h, w), truths (B, max, 5), and the problems of all its samples."""
+    """Stack a batch: images (B, 3, h, w), truths (B, max, 5) (a classifier's: (B, classes)), and the problems of
+    all its samples."""
     images = torch.stack([item[0] for item in items])
     truths = torch.stack([item[1] for item in items])
     problems = [problem for item in items for problem in item[2]]

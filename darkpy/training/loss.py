@@ -57,6 +57,10 @@ class DarknetLoss:
             warnings.warn("darkpy's loss ignores these options:\n  " + "\n  ".join(ignored), LossWarning,
                           stacklevel=2)
 
+    def outputs(self, model, x: torch.Tensor) -> List[torch.Tensor]:
+        """The forward pass the loss reads: the raw output of each head."""
+        return model(x)
+
     def deltas(self, raw_outputs: Sequence[torch.Tensor], truths, net_w: int, net_h: int, seen: int = 0
                ) -> Tuple[List[np.ndarray], List[HeadLoss]]:
         """Darknet's delta arrays (numpy, same shape as each raw output) and per-head costs."""

@@ -62,8 +62,9 @@ class TrainOptions:
     workers: Optional[int] = None
     threads: Optional[int] = None
     seed: Optional[int] = None
-    calc_map: bool = False
-    map_epochs: int = 4
+    calc_map: bool = False  # evaluate during training: -map (detector), -topk (classifier)
+    map_epochs: int = 4  # every this many epochs (Darknet: -mAP_epochs, 4; -topk: 2)
+    task: str = "detector"  # or "classifier"
     amp: Optional[bool] = None
     progress: bool = True
     verbose: bool = False
@@ -153,17 +154,24 @@ class _HeadSection:
             setattr(self, ATTRIBUTE_NAMES.get(key, key), value)
 
 
-def _detection_mixup_mode(net: Section) -> int:
-    """parse_net_options combines mixup/cutmix/mosaic into net.mixup; load_data_detection then drops cutmix
-    (2 -> 0, 4 -> 3: "cutmix=1 - isn't supported for Detector")."""
+def net_mixup_mode(net: Section) -> int:
+    """parse_net_options' net.mixup: mixup= as written (1: mixup), overridden by cutmix=1 (2), mosaic=1 (3) or
+    both (4)."""
     mode = net.get_int("mixup", 0)
     cutmix, mosaic = net.get_int("cutmix", 0), net.get_int("mosaic", 0)
     if mosaic and cutmix:
-        mode = 4
-    elif cutmix:
-        mode = 2
-    elif mosaic:
-        mode = 3
+        return 4
+    if cutmix:
+        return 2
+    if mosaic:
+        return 3
+    return mode
+
+
+def _detection_mixup_mode(net: Section) -> int:
+    """load_data_detection drops cutmix from net.mixup (2 -> 0, 4 -> 3: "cutmix=1 - isn't supported for
+    Detector")."""
+    mode = net_mixup_mode(net)
     mode = {2: MIXUP_NONE, 4: MIXUP_MOSAIC}.get(mode, mode)
     if mode not in (MIXUP_NONE, MIXUP_BLEND, MIXUP_MOSAIC):
         raise net.error(f"mixup={mode} is not a mode Darknet's detector loader knows (0, 1, or mosaic=1)", "mixup")
@@ -189,7 +197,7 @@ class TrainSettings:
     cfg_decay: float  # [net] decay as written (printed)
     ema_alpha: float
     max_chart_loss: float
-    augment: AugmentConfig
+    augment: AugmentConfig  # or a classifier's ClassifierAugment
 
     @property
     def mini_batch(self) -> int:
@@ -201,9 +209,9 @@ class TrainSettings:
         return self.mini_batch * self.subdivisions
 
     @classmethod
-    def read(cls, net: Section, head, options: TrainOptions, processes: int = 1) -> "TrainSettings":
-        """From [net] (command-line values first) and the last detection head; TrainError for values Darknet
-        refuses to train with."""
+    def read(cls, net: Section, augment, options: TrainOptions, processes: int = 1) -> "TrainSettings":
+        """From [net] (command-line values first) and the task's augmentation settings (AugmentConfig, from [net]
+        and the last detection head, or a classifier's); TrainError for values Darknet refuses to train with."""
         batch = _positive(options.batch if options.batch is not None else net.get_int("batch", 1), "batch")
         subdivisions = _positive(options.subdivisions if options.subdivisions is not None
                                  else net.get_int("subdivisions", 1), "subdivisions")
@@ -223,7 +231,7 @@ class TrainSettings:
         optimizer.decay *= processes
         return cls(batch, subdivisions, max_batches, policy, optimizer, cfg_decay,
                    ema_alpha=net.get_float("ema_alpha", 0.0), max_chart_loss=net.get_float("max_chart_loss", 20.0),
-                   augment=AugmentConfig.from_net_and_head(net, head))
+                   augment=augment)
 
 
 def _is_set(section: Section, key: str) -> bool:

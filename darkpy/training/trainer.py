@@ -1,4 +1,5 @@
-"""Darknet's `detector train` loop (src/detector.c train_detector, src/network.c train_network).
+"""Darknet's `detector train` and `classifier train` loop (src/detector.c train_detector, src/classifier.c
+train_classifier, src/network.c train_network); what differs between the two is a Task (darkpy.training.tasks).
 
 One iteration = `batch` images drawn with replacement from the train list, fed as `subdivisions` mini-batches whose
 gradients are summed, then one update (darkpy.training.schedule) at the learning rate of the iteration number;
@@ -22,9 +23,6 @@ from typing import List, Optional
 import torch
 from tqdm import tqdm
 
-from darkpy.evaluation.inference import Detector
-from darkpy.evaluation.mapdata import accumulate_map, iterate_detections, load_map_dataset
-from darkpy.evaluation.metrics import format_map_report
 from darkpy.training.build import build_training
 from darkpy.training.chart import Chart
 from darkpy.training.checkpoints import Snapshots, basecfg, restore_run_options, save_run_options
@@ -33,8 +31,8 @@ from darkpy.training.distributed import Distributed
 from darkpy.training.sampler import IterationSampler, multiscale_coef
 from darkpy.training.schedule import set_learning_rate
 from darkpy.training.settings import TrainOptions
+from darkpy.training.tasks import MapEvaluation, Schedule
 
-MAP_EVERY_AT_LEAST = 100  # -map: at least every 100 iterations
 CHART_EVERY = 100  # chart.png every 100 iterations
 
 
@@ -121,17 +119,6 @@ class StopRequest:
         return 128 + (self.signum or signal.SIGINT)
 
 
-def compute_map(model, device: torch.device, data_file: str, dataset, problems):
-    """validate_detector_map on the valid list at the initial network size (AUC, IoU .5); returns (its result,
-    the map dataset, kept for the next call)."""
-    dataset = dataset or load_map_dataset(data_file)
-    detector = Detector(model, device, letter_box=model.letter_box)
-    classes = int(model.heads[-1].classes)
-    detected = iterate_detections(detector, dataset.image_paths, 8, problems, progress=False)
-    accumulator = accumulate_map(detected, dataset, classes, 0.5, 0.25, problems)
-    return accumulator.result(0), dataset
-
-
 class Trainer:
     """Darknet's train_detector loop; construct with TrainOptions (the set-up: darkpy.training.build), then
     train()."""
@@ -147,12 +134,12 @@ class Trainer:
             self._print(f" --resume: the run's own options restored: {' '.join(restored)}")
         self.stop = StopRequest(announce=self.dist.main)
         self.state: Optional[RunState] = None  # the loop's state, from train() on
-        self._map_dataset = None
         setup = build_training(options, self.dist, self._print, self._echo if self.dist.main else None)
         self.device, self.workers, self.seed = setup.device, setup.workers, setup.seed
         self._threads_before = setup.threads_before
         self.model, self.frozen_layers, self.start = setup.model, setup.frozen_layers, setup.start
         self.settings, self.start_iteration = setup.settings, setup.start_iteration
+        self.task = setup.task
         self.train_set, self.problems = setup.train_set, setup.train_set.problems
         self.backup, self.save_every, self.save_last_every = setup.backup, setup.save_every, setup.save_last_every
         self.loss, self.optimizer, self.ema = setup.loss, setup.optimizer, setup.ema
@@ -184,14 +171,10 @@ class Trainer:
     def save(self, suffix: str, iteration: int):
         return self.snapshots.save(suffix, iteration)
 
-    def compute_map(self, report: bool = False) -> float:
-        """mAP@0.5 on the valid list; with `report`, Darknet's per-class table printed first (as -map does)."""
-        result, self._map_dataset = compute_map(self.model, self.device, self.options.data, self._map_dataset,
-                                                self.problems)
-        if report:
-            for line in [""] + format_map_report(result, self._map_dataset.names):
-                self._print(line)
-        return float(result.mean_ap)
+    def compute_map(self) -> float:
+        """A detector's mAP@0.5 on the valid list."""
+        evaluation = self.task.evaluation or MapEvaluation(self.options.data, self.problems)
+        return float(evaluation.result(self.model, self.device).mean_ap)
 
     def _loader(self) -> TrainBatches:
         sampler = IterationSampler(len(self.train_set), self.images_per_iteration, self.model.width,
@@ -214,7 +197,7 @@ class Trainer:
             t = truths[s * mb:(s + 1) * mb]
             seen += mb  # train_network_datum: seen grows before the forward pass
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                raw = model(x)
+                raw = self.loss.outputs(model, x)
             result = self.loss(raw, t, width, height, seen)
             self.scaler.scale(result.surrogate).backward()
             cost_sum += result.cost
@@ -273,7 +256,8 @@ class Trainer:
         if self.start_iteration >= self.max_batches:
             return self._nothing_to_train()
         state = self.state = RunState.starting_at(self.start_iteration)
-        chart = Chart(self.max_batches, self.settings.max_chart_loss)
+        chart = Chart(self.max_batches, self.settings.max_chart_loss,
+                      metric=self.task.evaluation.label if self.task.evaluation else "mAP%")
         bar = self._progress_bar(state.iteration)
         self.stop.install()
         interrupted = False
@@ -307,7 +291,7 @@ class Trainer:
                        f"or raised): {failure}")
         self.save("last", iteration)
         self.snapshots.save_ema(iteration)
-        self._print(f" continue with: darkpy train --data {self.options.data} --cfg {self.options.cfg} --resume")
+        self._print(f" continue with: {self.task.resume_command(self.options.data, self.options.cfg)}")
         return 1
 
     def _resize_line(self, iteration: int, width: int, height: int) -> None:
@@ -338,8 +322,9 @@ class Trainer:
         rate = self.settings.policy.rate(iteration)
         images_done = iteration * self.images_per_iteration * self.dist.world
         # Darknet prints the time left known before this iteration (-1 at first), then updates it
-        self._print(f" {iteration}: {loss:f}, {state.avg_loss:f} avg loss, {rate:f} rate, {seconds:f} seconds, "
-                    f"{images_done} images, {state.avg_time:f} hours left")
+        epoch = images_done / len(self.train_set)
+        self._print(self.task.line(iteration, epoch, loss, state.avg_loss, rate, seconds, images_done,
+                                   state.avg_time))
         remaining = (self.max_batches - iteration) * (seconds + load_time) / 3600
         state.avg_time = remaining if state.avg_time < 0 else 0.01 * remaining + 0.99 * state.avg_time
         chart.add_loss(iteration, state.avg_loss)
@@ -351,16 +336,19 @@ class Trainer:
             bar.update(1)
 
     def _map_if_due(self, state: RunState, chart: Chart) -> None:
-        """-map: every max(map_epochs epochs, 100) iterations (not before burn_in) and at max_batches."""
-        each = max(self.options.map_epochs * len(self.train_set) // self.images_per_iteration, MAP_EVERY_AT_LEAST)
-        due = max(state.iter_map + each, self.settings.policy.burn_in)
-        if state.iteration < due and state.iteration != self.max_batches:
+        """-map (every max(map_epochs epochs, 100) iterations, not before burn_in) or -topk (every map_epochs
+        epochs, not before burn_in nor iteration 100), and at max_batches."""
+        evaluation = self.task.evaluation
+        when = Schedule(self.images_per_iteration, len(self.train_set), self.settings.policy.burn_in,
+                        self.options.map_epochs)
+        if state.iteration < evaluation.next_due(state.iter_map, when) and state.iteration != self.max_batches:
             return
         state.iter_map = state.iteration
-        state.last_map = self.compute_map(report=True) if self.dist.main else 0.0
-        self._print(f"\n mean_average_precision (mAP@0.50) = {state.last_map:f} ")
+        state.last_map, lines = evaluation.measure(self.model, self.device) if self.dist.main else (0.0, [])
+        for line in lines:
+            self._print(line)
         chart.add_map(state.iteration, state.last_map)
-        if state.last_map >= state.best_map:
+        if evaluation.keeps_best and state.last_map >= state.best_map:
             state.best_map = state.last_map
             self._print("New best mAP!")
             self.save("best", state.iteration)
@@ -396,8 +384,8 @@ class Trainer:
         if interrupted:
             self.save("last", iteration)
             self.snapshots.save_ema(iteration)
-            self._print(f"\n Stopped at iteration {iteration}; continue with: darkpy train --data {opts.data} --cfg "
-                        f"{opts.cfg} --resume")
+            self._print(f"\n Stopped at iteration {iteration}; continue with: "
+                        f"{self.task.resume_command(opts.data, opts.cfg)}")
             self._print_problems()
             return self.stop.exit_code()
         self.save("final", iteration)

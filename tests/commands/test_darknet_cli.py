@@ -97,8 +97,15 @@ def test_which_lines_are_darknets():
 def test_cli_prints_the_error_and_exits_2(capsys):
     assert cli.main(["detector", "test", "d.data", "c.cfg", "-typo"]) == 2
     assert "darkpy detector: error: unknown flag -typo" in capsys.readouterr().err
-    assert cli.main(["classifier", "train", "imagenet1k.data", "darknet19.cfg"]) == 2
-    assert "darkpy classifier: error: classifier train: not implemented" in capsys.readouterr().err
+    assert cli.main(["classifier", "demo", "imagenet1k.data", "darknet19.cfg"]) == 2
+    assert "darkpy classifier: error: classifier demo: not implemented" in capsys.readouterr().err
+
+
+def test_classifier_train_translation():
+    train = translate(["classifier", "train", "i.data", "d19.cfg", "d19.conv.23", "-topk", "-clear", "-gpus", "1",
+                       "--max-batches", "5", "--seed=3"])
+    assert train.argv == ["classifier", "train", "i.data", "d19.cfg", "d19.conv.23", "--topk", "--clear",
+                          "--gpus", "1", "--max-batches", "5", "--seed=3"]
 
 
 def test_version(capsys):

@@ -1,7 +1,9 @@
 """A tiny darknet training setup for tests: a two-class dataset of squares and discs, a small PRN-free cfg, and
 a Trainer built the way `darkpy train` builds it (one thread, no loader processes)."""
 import io
+import os
 import re
+import signal
 import warnings
 from pathlib import Path
 
@@ -129,3 +131,16 @@ def run_trainer(t: Trainer) -> int:
         return t.train()
     finally:
         t.close()
+
+
+def ctrl_c_after(t: Trainer, iterations: int) -> None:
+    """Make `t` receive SIGINT (as from Ctrl-C) right after its iteration number `iterations`."""
+    original = t.train_iteration
+
+    def interrupting(images, truths, iteration):
+        loss = original(images, truths, iteration)
+        if iteration + 1 == iterations:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    t.train_iteration = interrupting

@@ -3,7 +3,6 @@ snapshots are atomic and exact, resume and Ctrl-C work, bad snapshots are refuse
 import io
 import os
 import re
-import signal
 import warnings
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from darkpy.training.checkpoints import basecfg
 from darkpy.training.settings import TrainError, TrainOptions
 from darkpy.training.trainer import Trainer
 from darkpy.weights import WeightsError
-from helpers.tiny_training import make_dataset, write_cfg, trainer, run_trainer
+from helpers.tiny_training import ctrl_c_after, make_dataset, write_cfg, trainer, run_trainer
 
 def losses_of(out: io.StringIO):
     return [float(m.group(1)) for m in re.finditer(r"^ \d+: [\d.]+, ([\d.]+) avg loss", out.getvalue(), re.M)]
@@ -136,15 +135,7 @@ def test_resume_continues_iteration_count_and_schedule(tmp_path):
     out = io.StringIO()
     first = trainer(data, cfg, out=out, max_batches=7)
     # stop after iteration 4 as Ctrl-C would: _last is written at 3 (savelast) and at the stop
-    original = first.train_iteration
-
-    def interrupt_at_four(images, truths, iteration):
-        loss = original(images, truths, iteration)
-        if iteration + 1 == 4:
-            os.kill(os.getpid(), signal.SIGINT)
-        return loss
-
-    first.train_iteration = interrupt_at_four
+    ctrl_c_after(first, 4)
     assert run_trainer(first) == 130
     last = tmp_path / "backup" / "tiny_last.weights"
     assert Darknet.from_cfg(str(cfg)).load_weights(str(last)).header.seen == 4 * 4
