@@ -1,5 +1,6 @@
 """`darkpy classifier predict|valid DATA CFG WEIGHTS [IMAGE]`: Darknet's `classifier predict` and `classifier
-valid` (src/classifier.c predict_classifier, validate_classifier_single), printing exactly what they print; and
+valid` (src/classifier.c predict_classifier, validate_classifier_single; also `valid10`, `validmulti`, `validfull`),
+printing exactly what they print; and
 `darkpy classifier train DATA CFG [WEIGHTS]` (train_classifier: the training loop of `darkpy train`, with the
 classifier's data and loss, darkpy.training.classifier).
 
@@ -17,18 +18,21 @@ from typing import Iterator, Optional, Sequence
 from darkpy.commands.common import INPUT_ERRORS, UsageError, fail, load_model
 from darkpy.commands.train import add_training_arguments, options_from_args, run_training
 from darkpy.data import DataConfig, read_data_config, read_names
-from darkpy.evaluation.classify import Accuracy, Classifier, measure_accuracy, top_k
+from darkpy.evaluation.classify import VALID_MODES, Accuracy, Classifier, measure_accuracy, top_k
 from darkpy.image import ImageError, load_image
 
 DEFAULT_LABELS = "data/labels.list"  # option_find_str(options, "labels", "data/labels.list")
 DEFAULT_VALID = "data/train.list"
 DEFAULT_CLASSES = 2
-ACTIONS = ("predict", "valid", "train")
+VALID_ACTIONS = tuple(VALID_MODES)  # valid, valid10, validmulti, validfull
+ACTIONS = ("predict", *VALID_ACTIONS, "train")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=ACTIONS,
-                        help="predict: top classes of images; valid: accuracy; train: Darknet's classifier training")
+                        help="predict: top classes of images; valid: accuracy (valid10: of ten crops, validmulti: of "
+                             "five scales and their mirror images, validfull: of the whole image); train: Darknet's "
+                             "classifier training")
     parser.add_argument("data", help="darknet .data file (classes, names or labels, top, valid)")
     parser.add_argument("cfg", help="the classifier's .cfg")
     parser.add_argument("weights", nargs="?", help="its .weights (without it: the cfg's random initialisation)")
@@ -53,11 +57,12 @@ def run(args: argparse.Namespace) -> int:
         data = read_data_config(args.data)
         model = load_model(args.cfg, args.weights, cfg_warnings="ignore", command="classifier")
         model.eval()
-        model.fuse()
+        if args.action in ("predict", "valid"):  # as predict_classifier and validate_classifier_single load it
+            model.fuse()
         classifier = Classifier(model)
         if args.action == "predict":
             return predict(classifier, data, args.image, args.top)
-        return validate(classifier, data)
+        return validate(classifier, data, args.action)
     except INPUT_ERRORS as error:
         return fail("classifier", error)
 
@@ -120,19 +125,25 @@ def _name(names: Sequence[str], index: int) -> str:
     return names[index] if index < len(names) else f"class {index}"
 
 
-def validate(classifier: Classifier, data: DataConfig) -> int:
+def validate(classifier: Classifier, data: DataConfig, mode: str = "valid") -> int:
+    """validate_classifier_single (`valid`: after " TOP calculation...", each running line starts with a newline)
+    or validate_classifier_10/multi/full (each running line ends with one)."""
     labels = read_names(data.existing_file("labels", DEFAULT_LABELS))
     list_path = data.existing_file("valid", DEFAULT_VALID)
     classes = data.get_positive_int("classes", DEFAULT_CLASSES)
     topk = min(data.get_positive_int("top", 1), classes)
-    print(" TOP calculation...")
+    single = mode == "valid"
+    if single:
+        print(" TOP calculation...")
 
     def running_line(i: int, accuracy: Accuracy) -> None:
-        print(f"\n{i}: top 1: {accuracy.top1 / (i + 1):f}, top {topk}: {accuracy.topk / (i + 1):f}", end="")
+        line = f"{i}: top 1: {accuracy.top1 / (i + 1):f}, top {topk}: {accuracy.topk / (i + 1):f}"
+        print(f"\n{line}" if single else line, end="" if single else "\n")
 
     accuracy = measure_accuracy(classifier, list_path, labels, classes, topk, running_line,
-                                lambda message: print(f"darkpy classifier: error: {message}", file=sys.stderr))
-    print()
+                                lambda message: print(f"darkpy classifier: error: {message}", file=sys.stderr), mode)
+    if single:
+        print()
     if accuracy.unlabelled:
         print(f"darkpy classifier: warning: {len(accuracy.unlabelled)} image path(s) contain no label name (counted "
               f"as wrong, as Darknet counts them), e.g. {accuracy.unlabelled[0]}", file=sys.stderr)

@@ -281,16 +281,20 @@ def _coco_shortcut(positional: Sequence[str], flags: Dict[str, Optional[str]],
 # mode -> (translation, the words it needs after the mode, its usage)
 def _classifier(command: str, positional: Sequence[str], flags: Dict[str, Optional[str]],
                 warnings: List[str]) -> Translation:
-    """`classifier predict|valid DATA CFG WEIGHTS [IMAGE] [-t N]` (darkpy's `classifier` command takes
+    """`classifier predict|valid|valid10|validmulti|validfull DATA CFG WEIGHTS [IMAGE] [-t N]` (darkpy's `classifier` command takes
     Darknet's words as they are), and `classify CFG WEIGHTS [IMAGE]` (Darknet's shortcut for
     cfg/imagenet1k.data, top 5); the classifier's other modes are refused."""
     if command == "classify":
         positional = ["predict", IMAGENET_DATA] + list(positional)
         flags = {"-t": "5", **flags}
     mode = positional[0] if positional else ""
-    if mode not in ("predict", "valid", "train"):
+    if mode == "validcrop":
+        raise DarknetUsageError("classifier validcrop: not implemented (Darknet's validate_classifier_crop divides "
+                                "by zero on a list of fewer than 1000 images; `classifier valid` gives the centre "
+                                "crop's accuracy, `valid10` ten crops)")
+    if mode not in ("predict", "valid", "valid10", "validmulti", "validfull", "train"):
         raise DarknetUsageError(f"classifier {mode}: not implemented (darkpy runs `classifier predict`, "
-                                f"`classifier valid` and `classifier train`)")
+                                f"`valid`, `valid10`, `validmulti`, `validfull` and `train`)")
     if mode == "train":
         return _classifier_train(positional[1:], flags, warnings)
     if len(positional) < 3:

@@ -137,3 +137,44 @@ def test_mismatched_classes_and_detector_cfgs_are_errors(tiny: Path, capsys):
     detector_cfg = Path(__file__).resolve().parents[2] / "cfg" / "yolov3-tiny.cfg"
     code = main(["classifier", "predict", str(tiny / "tiny.data"), str(detector_cfg)])
     assert code == 1 and "detection layers" in capsys.readouterr().err
+
+
+# ---- valid10, validmulti, validfull ------------------------------------------------------------------------------
+
+VALID_MODES_FIXTURE = FIXTURES / "valid_modes_darknet.json"
+
+
+@pytest.mark.parametrize("case", ["valid10", "valid10-nosoftmax", "validmulti-nosoftmax", "validfull-nosoftmax"])
+def test_valid_modes_print_darknets_lines_from_darknets_scores(tiny: Path, case: str):
+    """Darknet's running lines, and per image the summed scores its copy printed: ten crops of the image 32 px
+    larger (valid10), five shorter sides with mirror images on the resized network (validmulti), the whole image
+    at the network's width (validfull). validmulti/validfull ran on the cfg without [softmax], which Darknet's
+    resize_network cannot resize (darkpy can: tested below)."""
+    from darkpy.commands.common import load_model
+    from darkpy.evaluation.classify import VALID_MODES, Classifier
+    from darkpy.image import load_image
+    expected = json.loads(VALID_MODES_FIXTURE.read_text())[case]
+    mode, _, variant = case.partition("-")
+    cfg = tiny / "tiny.cfg"
+    if variant:
+        cfg = tiny / "tiny-nosoftmax.cfg"
+        shutil.copy(FIXTURES / "tiny-nosoftmax.cfg", cfg)
+    lines = run_cli(["classifier", mode, str(tiny / "tiny.data"), str(cfg), str(tiny / "tiny.weights")])
+    assert lines == expected["lines"]
+    classifier = Classifier(load_model(str(cfg), str(tiny / "tiny.weights")).eval())
+    for name, darknet_scores in zip(IMAGES, expected["scores"]):
+        scores = VALID_MODES[mode](classifier, load_image(tiny / f"{name}.jpg"))
+        np.testing.assert_allclose(scores, darknet_scores, rtol=2e-6, atol=2e-6 * np.abs(darknet_scores).max())
+
+
+def test_validmulti_runs_a_softmax_classifier(tiny: Path, capsys):
+    """Darknet's validmulti and validfull stop on a [softmax] network ('Cannot resize this type of layer');
+    darkpy resizes it: probabilities summed over the ten views add up to 10."""
+    from darkpy.commands.common import load_model
+    from darkpy.evaluation.classify import VALID_MODES, Classifier
+    from darkpy.image import load_image
+    classifier = Classifier(load_model(str(tiny / "tiny.cfg"), str(tiny / "tiny.weights")).eval())
+    scores = VALID_MODES["validmulti"](classifier, load_image(tiny / "dog.jpg"))
+    assert scores.shape == (7,) and abs(float(scores.sum()) - 10) < 1e-4
+    assert len(run_cli(["classifier", "validfull", str(tiny / "tiny.data"), str(tiny / "tiny.cfg"),
+                        str(tiny / "tiny.weights")])) == len(IMAGES)

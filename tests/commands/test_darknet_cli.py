@@ -99,6 +99,8 @@ def test_cli_prints_the_error_and_exits_2(capsys):
     assert "darkpy detector: error: unknown flag -typo" in capsys.readouterr().err
     assert cli.main(["classifier", "demo", "imagenet1k.data", "darknet19.cfg"]) == 2
     assert "darkpy classifier: error: classifier demo: not implemented" in capsys.readouterr().err
+    assert cli.main(["classifier", "validcrop", "imagenet1k.data", "darknet19.cfg"]) == 2
+    assert "divides by zero on a list of fewer than 1000 images" in capsys.readouterr().err
 
 
 def test_classifier_train_translation():
