@@ -26,8 +26,8 @@ from darkpy.training.settings import MIXUP_BLEND, MIXUP_MOSAIC, MIXUP_NONE, Augm
 MOSAIC_MIN_OFFSET = 0.2  # load_data_detection: cut points in [0.2, 0.8] of the network size
 BACKGROUND_BLUR_KERNEL = 17  # image_data_augmentation: blur == 1 blurs the background with a 17x17 Gaussian
 
-# A loaded training image: uint8 HxWx3 RGB, labels (N, 5) [class, x, y, w, h] relative, and the label file name
-# (for messages).
+# A loaded training image: uint8 HxWx3 RGB, labels (N, 5) [class, x, y, w, h] relative (or (N, 6) with a track
+# id, which the boxes carry along as Darknet's 6th truth value), and the label file name (for messages).
 Source = Tuple[np.ndarray, np.ndarray, str]
 F32 = np.float32
 
@@ -183,14 +183,16 @@ def _invalid_window(window: CropWindow) -> bool:
 def place_truths(labels: np.ndarray, window: CropWindow, flip: bool, net_w: int, net_h: int,
                  config: AugmentConfig, rng: Optional[np.random.Generator] = None,
                  problems: Optional[DataProblems] = None, label_file: str = "") -> Tuple[np.ndarray, int]:
-    """Darknet's fill_truth_detection: labels (N, 5) [class, x, y, w, h] -> truths (K, 5) [x, y, w, h, class].
+    """Darknet's fill_truth_detection: labels (N, 5) [class, x, y, w, h] -> truths (K, 5) [x, y, w, h, class]
+    (labels (N, 6) with a track id give truths (K, 6) [x, y, w, h, class, track id]).
 
     Boxes are shuffled (randomize_boxes), moved into the crop, flipped and clipped to [0, 1] (correct_boxes),
     the list is cut to `max` boxes (before filtering, as in Darknet), and then boxes narrower or lower than one
     network pixel are dropped silently, a class id >= classes or a box at x = y = 0 is dropped with a warning.
     Also returns min_w_h: the smallest side of a kept box in network pixels, truncated (0 without boxes).
     """
-    labels = np.asarray(labels, dtype=F32).reshape(-1, 5)
+    labels = np.asarray(labels, dtype=F32)
+    labels = labels.reshape(-1, labels.shape[-1] if labels.ndim == 2 else 5)
     if rng is not None and len(labels) > 1:
         labels = labels[rng.permutation(len(labels))]
     cls, x, y, w, h = (labels[:, i] for i in range(5))
@@ -227,7 +229,8 @@ def place_truths(labels: np.ndarray, window: CropWindow, flip: bool, net_w: int,
             continue  # cannot happen after clipping with a positive size; kept for Darknet's checks' order
         else:
             kept.append(i)
-    truths = np.stack([new_x, new_y, new_w, new_h, cls], axis=1)[kept].astype(F32).reshape(-1, 5)
+    truths = np.concatenate([np.stack([new_x, new_y, new_w, new_h], axis=1), labels[:, :1], labels[:, 5:]],
+                            axis=1)[kept].astype(F32)
     min_w_h = int(min(float((truths[:, 2] * net_w).min()), float((truths[:, 3] * net_h).min()))) if kept else 0
     return truths, min_w_h
 
@@ -300,7 +303,7 @@ def add_gaussian_noise(image: np.ndarray, sigma: int, rng: np.random.Generator) 
 @dataclass
 class AugmentedTile:
     image: np.ndarray  # uint8 (net_h, net_w, 3)
-    truths: np.ndarray  # (K, 5) [x, y, w, h, class]
+    truths: np.ndarray  # (K, 5) [x, y, w, h, class] (K, 6 with a track id)
     window: CropWindow
     flip: bool
 
@@ -369,7 +372,7 @@ def mosaic_truths(existing: np.ndarray, tile_truths: np.ndarray, tile: int, net_
     """Darknet's blend_truth_mosaic: shift a tile's truths to its quadrant, fix the parts outside the image
     (or, with mosaic_bound, outside the quadrant) and append those that remain valid to `existing`."""
     room = max(0, max_boxes - len(existing))
-    boxes = np.asarray(tile_truths, F32).reshape(-1, 5)[:room]
+    boxes = np.asarray(tile_truths, F32)[:room]
     if len(boxes) == 0:
         return existing
     w, h = F32(net_w), F32(net_h)
@@ -406,8 +409,8 @@ def mosaic_truths(existing: np.ndarray, tile_truths: np.ndarray, tile: int, net_
     valid = ((left >= 0) & (right <= w) & (top >= 0) & (bot <= h)
              & (wb > 0) & (wb < 1) & (hb > 0) & (hb < 1) & (xb > 0) & (xb < 1) & (yb > 0) & (yb < 1)
              & (wb > 1 / w) & (hb > 1 / h))
-    shifted = np.stack([xb, yb, wb, hb, boxes[:, 4]], axis=1)[valid].astype(F32)
-    return np.concatenate([existing.reshape(-1, 5).astype(F32), shifted], axis=0)
+    shifted = np.concatenate([np.stack([xb, yb, wb, hb], axis=1), boxes[:, 4:]], axis=1)[valid].astype(F32)
+    return np.concatenate([existing.reshape(-1, shifted.shape[1]).astype(F32), shifted], axis=0)
 
 
 def make_mosaic(sources: Callable[[int], Source], net_w: int, net_h: int, config: AugmentConfig,
@@ -419,7 +422,7 @@ def make_mosaic(sources: Callable[[int], Source], net_w: int, net_h: int, config
     cut_x = int(rng.integers(int(F32(net_w) * low), int(F32(net_w) * high) + 1))  # rand_int: both ends included
     cut_y = int(rng.integers(int(F32(net_h) * low), int(F32(net_h) * high) + 1))
     canvas = np.zeros((net_h, net_w, 3), np.uint8)
-    truths = np.zeros((0, 5), F32)
+    truths = np.zeros((0, 5), F32)  # (0, 6) once a tile brings track ids
     for tile in range(4):
         draw = draw_tile(rng, config, mosaic=True)
         augmented = augment_tile(sources(tile), net_w, net_h, config, draw, rng, problems, tile=tile)

@@ -3,6 +3,7 @@ one parsed cfg, the start weights, the settings, the training data, then the los
 
 Each step uses only what the steps before it returned; `build_training` returns everything the loop needs.
 """
+import dataclasses
 import os
 import random
 import warnings
@@ -68,10 +69,12 @@ def build_training(options: TrainOptions, dist: Distributed, say: Callable[[str]
     dist.broadcast_model(model)
     net, last_head = sections[0], model.heads[-1]
     settings = TrainSettings.read(net, last_head, options, dist.world)
+    if model.contrastive_layers():
+        settings.augment = dataclasses.replace(settings.augment, track_ids=True)
     train_set = _read_train_list(data, settings, backup, int(last_head.classes), dist.main, say,
                                  DataProblems(echo=echo if dist.main else None))
     _warn_unimplemented(net, model, settings, dist.main)
-    loss = DarknetLoss(model.heads, warn=dist.main)
+    loss = DarknetLoss(model.heads, warn=dist.main, contrastive=model.contrastive_layers())
     optimizer = build_optimizer(model.layers, settings.optimizer)
     ema = WeightsEma(model.layers, settings.ema_alpha, settings.max_batches) if settings.ema_alpha else None
     amp = bool(device.type == "cuda" if options.amp is None else options.amp)

@@ -6,6 +6,7 @@ and reported once (darkpy.data.DataProblems), handed back from worker processes 
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -63,8 +64,8 @@ class DetectionTrainSet(Dataset):
         log = _ProblemLog()
         rng = key.rng()
         image, truths = self.sample(key.index, key.width, key.height, rng, log)
-        padded = torch.zeros((self.config.max_boxes, 5), dtype=torch.float32)
-        padded[: len(truths)] = torch.from_numpy(truths)
+        padded = torch.zeros((self.config.max_boxes, 6 if self.config.track_ids else 5), dtype=torch.float32)
+        padded[: len(truths), : truths.shape[1]] = torch.from_numpy(truths)
         return torch.from_numpy(np.ascontiguousarray(image)), padded, self._hand_over(log)
 
     def sample(self, index: int, net_w: int, net_h: int, rng: np.random.Generator,
@@ -97,7 +98,10 @@ class DetectionTrainSet(Dataset):
 
     def labels(self, index: int, labels_file: str, problems: Optional[DataProblems]) -> np.ndarray:
         if index not in self._labels:
-            self._labels[index] = read_labels(labels_file, self.config.classes, problems)
+            labels = read_labels(labels_file, self.config.classes, problems)
+            if self.config.track_ids:
+                labels = np.concatenate([labels, track_ids(labels_file, len(labels))[:, None]], axis=1)
+            self._labels[index] = labels
         return self._labels[index]
 
     def __getstate__(self) -> dict:
@@ -114,6 +118,16 @@ class DetectionTrainSet(Dataset):
                 self.problems.warn(kind, message)
             return []
         return log.items
+
+
+def track_ids(labels_file: str, count: int) -> np.ndarray:
+    """read_boxes' track ids: the box's place in its label file plus a hash of the file name (djb2 over C's signed
+    chars, in a 64-bit unsigned long), (hash % 4000) * 4000. The same image in one mini-batch (a contrastive
+    pair) gives its objects the same ids; below 2^24, they are exact as float truth values."""
+    value = 5381
+    for byte in os.fsencode(labels_file):
+        value = (value * 33 + (byte - 256 if byte > 127 else byte)) % 2 ** 64
+    return ((value % 4000) * 4000 + np.arange(count)).astype(np.float32)
 
 
 def _reason(error: ImageError, path: str) -> str:

@@ -18,8 +18,8 @@ Truths are (B, T, 5) rows `[x, y, w, h, class]` relative to the network input, o
 (Darknet's 6th truth value, which a [contrastive] loss needs); as in Darknet a row with x == 0 ends an image's list.
 """
 import warnings
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ class LossResult:
     cost: float
     heads: List[HeadLoss]
     deltas: List[torch.Tensor]
-    contrastive_costs: Optional[List[float]] = None
+    contrastive_costs: List[float] = field(default_factory=list)
 
 
 class DarknetLoss:

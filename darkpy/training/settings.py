@@ -25,7 +25,9 @@ NET_NOT_IMPLEMENTED = {
     "equidistant_point": "equidistant-point delta rejection",
     "badlabels_rejection_percentage": "bad-label rejection", "num_sigmas_reject_badlabels": "bad-label rejection",
     "dynamic_minibatch": "mini-batch resizing with multi-scale", "adversarial_lr": "adversarial training",
-    "contrastive": "contrastive loss", "unsupervised": "unsupervised contrastive training",
+    "contrastive": "the loader's pairs of one image, the input Darknet gives a [contrastive] loss: darkpy trains "
+                   "that loss but draws every image on its own, so an object is seen twice only when its image is "
+                   "drawn twice", "unsupervised": "unsupervised contrastive training",
     "track": "video tracking training", "sequential_subdivisions": "sequential subdivisions (tracking)",
     "attention": "attention training", "seq_scales": "sequence scales (tracking)",
 }
@@ -94,6 +96,7 @@ class AugmentConfig:
     letter_box: bool = False
     mosaic_bound: bool = False
     resize_step: int = 32
+    track_ids: bool = False  # truths carry read_boxes' track id (a [contrastive] loss needs it)
 
     def __post_init__(self) -> None:
         if self.mixup not in (MIXUP_NONE, MIXUP_BLEND, MIXUP_MOSAIC):

@@ -214,13 +214,15 @@ class Trainer:
             t = truths[s * mb:(s + 1) * mb]
             seen += mb  # train_network_datum: seen grows before the forward pass
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                raw = model(x)
-            result = self.loss(raw, t, width, height, seen)
+                raw, embeddings = model.forward_with_embeddings(x)
+            result = self.loss(raw, t, width, height, seen, embeddings)
             self.scaler.scale(result.surrogate).backward()
             cost_sum += result.cost
             if self.options.verbose:
                 for head, stats in zip(self.model.heads, result.heads):
                     self._print(head.loss_line(stats, head.index))
+                for cost in result.contrastive_costs:
+                    self._print(f" contrastive loss = {cost:f} \n")
         self.dist.sum_gradients(self.model)
         cost_sum = self.dist.mean_loss(cost_sum, self.device)
         number = iteration + 1  # Darknet's cur_iteration is incremented before update_network
