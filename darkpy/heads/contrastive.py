@@ -104,7 +104,7 @@ class ContrastiveLayer(Layer):
         mult = F32(1) / (F32(len(same) - 1) * F32(self.temperature) * vec_len)
         terms = []
         for j in same[same != i]:  # positive: the same track id
-            if (i, j) in pairs:
+            if (i, int(j)) in pairs:
                 sim, p = pairs[(i, int(j))]
                 terms.append(mult * (sim * z[i] - z[j]) * (F32(1) - p))
         terms += self._negative_terms(i, same, z, labels, class_ids, pairs, mult)
@@ -162,10 +162,8 @@ def _pairs(z: np.ndarray, labels: np.ndarray, class_ids: np.ndarray, time_step: 
     p = np.zeros(len(sim), F32)
     if len(sim) > 2:
         for j in np.unique(second):
-            at = np.nonzero(second == j)[0]  # pairs (k, j) in contrast_p's order; each excludes only itself
-            others = np.tile(exp_sim[at], (len(at), 1))
-            np.fill_diagonal(others, 0)
-            denominator = _sum(others, axis=1)
+            at = np.nonzero(second == j)[0]  # the pairs (k, j); pair (i, j)'s sum leaves out only itself
+            denominator = (np.sum(np.float64(exp_sim[at])) - np.float64(exp_sim[at])).astype(F32)
             with np.errstate(divide="ignore", invalid="ignore"):
                 result = np.where(denominator != 0, exp_sim[at] / denominator, F32(0.9999))
             p[at] = np.where(result > 1, F32(0.9999), result)
