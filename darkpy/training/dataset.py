@@ -63,21 +63,24 @@ class DetectionTrainSet(Dataset):
             raise TypeError("index the training set with SampleKey(index, width, height, ...) from IterationSampler")
         log = _ProblemLog()
         rng = key.rng()
-        image, truths = self.sample(key.index, key.width, key.height, rng, log)
+        pair = key.pair_rng() if self.config.contrastive else None
+        image, truths = self.sample(key.index, key.width, key.height, rng, log, pair)
         padded = torch.zeros((self.config.max_boxes, 6 if self.config.track_ids else 5), dtype=torch.float32)
         padded[: len(truths), : truths.shape[1]] = torch.from_numpy(truths)
         return torch.from_numpy(np.ascontiguousarray(image)), padded, self._hand_over(log)
 
     def sample(self, index: int, net_w: int, net_h: int, rng: np.random.Generator,
-               problems: Optional[DataProblems] = None) -> Tuple[np.ndarray, np.ndarray]:
-        """make_training_sample for image `index` (more images for mosaic/mixup drawn at random)."""
+               problems: Optional[DataProblems] = None,
+               pair: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """make_training_sample for image `index` (more images for mosaic/mixup drawn at random, from the pair's
+        generator for the two images of a contrastive pair: Darknet gives them the same extra images)."""
         problems = problems if problems is not None else self.problems
 
         def sources(k: int) -> Source:
-            chosen = index if k == 0 else int(rng.integers(len(self)))
+            chosen = index if k == 0 else int((pair or rng).integers(len(self)))
             return self.load(chosen, rng, problems)
 
-        return make_training_sample(sources, net_w, net_h, self.config, rng, problems)
+        return make_training_sample(sources, net_w, net_h, self.config, rng, problems, pair)
 
     def load(self, index: int, rng: np.random.Generator, problems: Optional[DataProblems] = None) -> Source:
         """Image `index` and its labels; an unreadable image is reported once and another one drawn instead."""

@@ -198,7 +198,7 @@ class Trainer:
                                    self.model.height, max_batches=self.max_batches, seed=self.seed,
                                    start_iteration=self.start_iteration, random=self.settings.augment.random,
                                    resize_step=self.settings.augment.resize_step, rank=self.dist.rank,
-                                   world=self.dist.world)
+                                   world=self.dist.world, pairs=self.settings.augment.contrastive)
         return make_train_loader(self.train_set, sampler, num_workers=self.workers)
 
     def train_iteration(self, images: torch.Tensor, truths: torch.Tensor, iteration: int) -> float:

@@ -98,14 +98,33 @@ def test_a_contrastive_loss_without_yolo_layer_is_refused(tmp_path):
         trainer(data, cfg)
 
 
-def test_net_contrastive_pairs_are_named_as_not_implemented(tmp_path):
+def test_net_contrastive_makes_pairs_of_one_image(tmp_path):
+    """[net] contrastive=1: slots 2k and 2k + 1 hold the same image (get_random_paths_custom); without
+    contrastive_jit_flip and contrastive_color the second keeps the first's crop, flip and colours (one picture),
+    with contrastive_jit_flip its own crop and flip; in both the same objects, with the same track ids."""
+    from darkpy.training.sampler import IterationSampler
+    indices = [k.index for k in next(iter(IterationSampler(1000, 8, 64, 64, max_batches=1, pairs=True)))]
+    assert indices[1::2] == indices[0::2] and len(set(indices)) == 4
+    keys = next(iter(IterationSampler(2, 8, 64, 64, max_batches=1, seed=4, pairs=True)))
+    make_dataset(tmp_path, images=2)
+    paths = (tmp_path / "train.txt").read_text().split()
+    base = dict(classes=2, max_boxes=4, track_ids=True, jitter=0.3, hue=0.1, saturation=1.5, exposure=1.5,
+                contrastive=True)
+    for jit_flip in (False, True):
+        dataset = DetectionTrainSet(paths, AugmentConfig(contrastive_jit_flip=jit_flip, **base))
+        first, second = (dataset[keys[slot]] for slot in (2, 3))
+        assert torch.equal(first[0], second[0]) != jit_flip
+        assert sorted(first[1][:, 5].tolist()) == sorted(second[1][:, 5].tolist())
+    alone = DetectionTrainSet(paths, AugmentConfig(**{**base, "contrastive": False}))
+    assert not torch.equal(alone[keys[2]][0], alone[keys[3]][0])
+
+
+def test_net_contrastive_needs_two_images_per_mini_batch(tmp_path):
     data = make_dataset(tmp_path, images=2)
     cfg = write_cfg(tmp_path, max_batches=2)
     cfg.write_text(cfg.read_text().replace(TINY_HEAD, CONTRASTIVE_HEAD).replace("flip=1", "flip=1\ncontrastive=1"))
     line = cfg.read_text().splitlines().index("contrastive=1") + 1
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        t = Trainer(TrainOptions(data=str(data), cfg=str(cfg), workers=0, threads=1, device="cpu"))
-    t.close()
-    assert any(f"tiny.cfg:{line}: [net] contrastive=1 (the loader's pairs of one image" in str(w.message)
-               for w in caught)
+    with pytest.raises(Exception, match=rf"tiny.cfg:{line}: \[net\] contrastive=1 needs pairs"):
+        trainer(data, cfg, subdivisions=8)
+    t = trainer(data, cfg, verbose=True)
+    assert run_trainer(t) == 0 and "contrastive loss = " in t.options.out.getvalue()
