@@ -49,7 +49,7 @@ class DarknetLoss:
     """The training loss of a model's detection heads ([yolo] and [region]), as Darknet computes it.
 
     `DarknetLoss(model.heads)(raw_outputs, truths, net_w, net_h, seen)` where raw_outputs are what the model
-    returns in train() mode (one (B, A, E, H, W) tensor per head) and truths is (B, T, 5).
+    returns in train() mode (one (B, A, E, H, W) tensor per head) and truths is (B, T, 5), or (B, T, 6) with track ids.
     """
 
     def __init__(self, heads: Sequence[Head], warn: bool = True, contrastive: Sequence[ContrastiveLayer] = ()):
@@ -85,7 +85,7 @@ class DarknetLoss:
 
     def __call__(self, raw_outputs: Sequence[torch.Tensor], truths, net_w: int, net_h: int, seen: int = 0,
                  embeddings: Sequence[torch.Tensor] = ()) -> LossResult:
-        """`embeddings`: the input of each [contrastive] layer (Darknet.loss_inputs gives them)."""
+        """`embeddings`: the input of each [contrastive] layer (Darknet.forward_with_embeddings gives them)."""
         if len(raw_outputs) != len(self.heads):
             raise LossError(f"the model returned {len(raw_outputs)} outputs for {len(self.heads)} heads")
         if len(embeddings) != len(self.contrastive):
