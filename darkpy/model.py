@@ -1,7 +1,7 @@
 """The network built from a cfg: Darknet(nn.Module) (src/parser.c parse_network_cfg, src/network.c)."""
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -107,6 +107,16 @@ class Darknet(nn.Module):
         if self.heads:
             return [outputs[head.index] for head in self.heads]
         return outputs[self.output_index]
+
+    def contrastive_layers(self) -> List[Layer]:
+        """The [contrastive] loss layers; each reads a [yolo] layer's embeddings (its input)."""
+        return [layer for layer in self.layers if layer.type == "contrastive"]
+
+    def forward_with_embeddings(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """forward()'s head outputs and the input of every [contrastive] layer (the embeddings its loss reads)."""
+        outputs = self.forward_layers(x, keep_all=False)
+        return ([outputs[head.index] for head in self.heads],
+                [outputs[layer.inputs[0]] for layer in self.contrastive_layers()])
 
     def forward_layers(self, x: torch.Tensor, keep_all: bool = True) -> List[Optional[torch.Tensor]]:
         """Every layer's output (entries no later layer reads are dropped unless keep_all)."""

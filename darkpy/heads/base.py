@@ -126,11 +126,6 @@ class Head(Layer):
                                 f"'filters= ... doesn't correspond')", key_hint)
         self.out_shape = (c, h, w)
 
-    def cfg_location(self) -> str:
-        """`file:line: [section]` of this head, for messages."""
-        s = self.section
-        return f"{s.file}:{s.line}: [{s.written_type or self.type}]"
-
     def anchor_array(self, every: bool = False) -> np.ndarray:
         """The anchors of the mask (or, with every, of the whole cfg line) as a (A, 2) float32 array."""
         anchors = self.all_anchors if every else self.anchors

@@ -71,6 +71,43 @@ class YoloLayer(Head):
             self.iou_thresh_kind = "iou"
         self.classes_multipliers = None  # from counters_per_class, set by prepare_loss
         self._check_filters(s, "classes")
+        self.embedding_filters = self._embedding_filters(s, ctx)
+        self.embeddings_trained = False  # a [contrastive] layer that reads this layer's embeddings sets it
+
+    def _embedding_filters(self, s: Section, ctx: BuildContext) -> int:
+        """parse_yolo: the output channels of the embedding_layer (default 999999: none), 0 if none."""
+        value = s.get_int("embedding_layer", 999999)
+        if not s.has("embedding_layer") or value == 999999:
+            return 0
+        index = ctx.index + value if value < 0 else value
+        return int(ctx.shapes[index][0]) if 0 <= index < ctx.index else 0
+
+    def embedding_size(self) -> int:
+        """Darknet's l.embedding_size: the embedding layer's filters / anchors of the mask (0 without one)."""
+        return self.embedding_filters // len(self.mask)
+
+    def track_labels(self, truths: np.ndarray, grid_wh: Tuple[int, int], net_wh: Tuple[int, int]
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+        """What forward_yolo_layer in training leaves in l.labels and l.class_ids for a [contrastive] layer:
+        (B, n, H, W) track ids (the truth's 6th value) and class ids where a truth's best anchor is in the mask
+        (a later truth overwrites an earlier one), -1 elsewhere. `truths` is (B, T, 6)."""
+        truths = np.asarray(truths, dtype=np.float32)
+        if truths.shape[-1] < 6:
+            raise LossError(f"{self.cfg_location()}: a [contrastive] loss needs truths with a track id "
+                            f"(6 values per box), got {truths.shape[-1]}")
+        labels = np.full((truths.shape[0], len(self.mask), grid_wh[1], grid_wh[0]), -1, dtype=np.int64)
+        class_ids = labels.copy()
+        anchors = self.anchor_array(every=True)
+        for b, count in enumerate(valid_counts(truths)):
+            for truth in truths[b, :count]:
+                class_id = int(truth[4])
+                if class_id < 0 or class_id >= self.classes:
+                    continue
+                i, j, best_n, _, _ = _truth_cell_and_anchor(truth, anchors, *grid_wh, *net_wh)
+                if best_n in self.mask:
+                    labels[b, self.mask.index(best_n), j, i] = int(truth[5])
+                    class_ids[b, self.mask.index(best_n), j, i] = class_id
+        return labels, class_ids
 
     def _class_multipliers(self) -> Optional[np.ndarray]:
         """counters_per_class -> max_count / count per class, capped at max_delta (get_classes_multipliers)."""
@@ -169,7 +206,7 @@ class YoloLayer(Head):
             ignored.append(f"iou_thresh_kind={o['iou_thresh_kind']} (Darknet says 'Wrong iou_thresh_kind' and "
                            "uses iou)")
         ignored += super().prepare_loss()
-        if o["embedding_layer"] not in (0, 999999):
+        if o["embedding_layer"] not in (0, 999999) and not self.embeddings_trained:
             ignored.append(f"embedding_layer={o['embedding_layer']} (tracking embeddings are not trained)")
         return ignored
 
@@ -416,16 +453,9 @@ class _YoloImage:
             class_id = int(truths[t, 4])
             if class_id < 0 or class_id >= head.classes:
                 continue
-            # Darknet truncates x*w; x == 1.0 would index one cell past the row (a write into the next row's
-            # memory in C): darkpy uses the last cell instead.
-            i = min(int(np.float32(x) * np.float32(self.w)), self.w - 1)
-            j = min(int(np.float32(y) * np.float32(self.h)), self.h - 1)
+            i, j, best_n, anchor_boxes, shape = _truth_cell_and_anchor(truths[t], self.anchors, self.w, self.h,
+                                                                       self.net_w, self.net_h)
             truth = (x, y, w, h)
-            shape = as_box((0.0, 0.0, w, h))
-            anchor_boxes = np.zeros((len(self.anchors), 4), dtype=np.float32)
-            anchor_boxes[:, 2] = self.anchors[:, 0] / np.float32(self.net_w)
-            anchor_boxes[:, 3] = self.anchors[:, 1] / np.float32(self.net_h)
-            best_n = first_max_index(box_iou(anchor_boxes, shape))
             if best_n in head.mask:
                 self.assign(truth, class_id, head.mask.index(best_n), best_n, j, i)
             if head.iou_thresh < 1.0:
@@ -435,6 +465,22 @@ class _YoloImage:
                         self.assign(truth, class_id, head.mask.index(int(n)), int(n), j, i)
         if head.iou_thresh < 1.0:
             _average_box_deltas(self.delta[self.b])
+
+
+def _truth_cell_and_anchor(truth: np.ndarray, anchors: np.ndarray, grid_w: int, grid_h: int, net_w: int,
+                           net_h: int) -> Tuple[int, int, int, np.ndarray, np.ndarray]:
+    """process_batch: the cell (i, j) of a truth's centre and its best anchor over every anchor of the cfg line
+    (IoU of the shapes alone), with the anchor boxes and the truth's shape for the iou_thresh extras."""
+    x, y, w, h = (float(v) for v in truth[:4])
+    # Darknet truncates x*w; x == 1.0 would index one cell past the row (a write into the next row's memory in C):
+    # darkpy uses the last cell instead.
+    i = min(int(np.float32(x) * np.float32(grid_w)), grid_w - 1)
+    j = min(int(np.float32(y) * np.float32(grid_h)), grid_h - 1)
+    shape = as_box((0.0, 0.0, w, h))
+    anchor_boxes = np.zeros((len(anchors), 4), dtype=np.float32)
+    anchor_boxes[:, 2] = anchors[:, 0] / np.float32(net_w)
+    anchor_boxes[:, 3] = anchors[:, 1] / np.float32(net_h)
+    return i, j, first_max_index(box_iou(anchor_boxes, shape)), anchor_boxes, shape
 
 
 def _average_box_deltas(delta_b: np.ndarray) -> None:

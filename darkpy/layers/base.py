@@ -78,6 +78,11 @@ class Layer(nn.Module):
         for key in COMMON_KEYS_INT:
             setattr(self, key, section.get_int(key, 0 if key not in ("stream", "wait_stream") else -1))
 
+    def cfg_location(self) -> str:
+        """`file:line: [section]` of this layer, for messages."""
+        s = self.section
+        return f"{s.file}:{s.line}: [{s.written_type or self.type}]"
+
     # ---- helpers for subclasses ---------------------------------------------------------------------------
     @staticmethod
     def activation_of(section: Section, default: str, key: str = "activation"):

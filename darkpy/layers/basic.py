@@ -1,5 +1,5 @@
-"""Small layers: [connected], [softmax], [dropout], [batchnorm], [activation], [empty], [crop], [cost], [contrastive],
-[implicit]."""
+"""Small layers: [connected], [softmax], [dropout], [batchnorm], [activation], [empty], [crop], [cost], [implicit]
+(the [contrastive] loss layer is in heads/contrastive.py)."""
 import warnings
 
 import torch
@@ -179,32 +179,6 @@ class CostLayer(Layer):
         s.get_float("ratio", 0.0)
         s.get_float("noobj", 1.0)
         s.get_float("thresh", 0.0)
-
-    def forward(self, x, outputs):
-        return torch.zeros_like(x)
-
-
-@register("contrastive")
-class ContrastiveLayer(Layer):
-    """Darknet's contrastive (embedding) loss (src/softmax_layer.c): forward_contrastive_layer returns at once
-    outside training, so at inference its output stays zero, as a [cost] layer's does. darkpy does not
-    implement its training loss, and says so once when it builds one."""
-
-    def __init__(self, section, ctx: BuildContext):
-        super().__init__(section, ctx)
-        s = section
-        s.get_int("classes", 1000)
-        for key in ("temperature", "cls_normalizer", "max_delta"):
-            s.get_float(key, 1.0)
-        s.get_int("contrastive_neg_max", 3)
-        yolo_layer = s.get_int("yolo_layer", 0)
-        if yolo_layer != 0:  # parse_contrastive: 0 is no [yolo] (a classifier's contrastive loss)
-            index = ctx.resolve(s, "yolo_layer", yolo_layer)
-            if ctx.layers[index].type != "yolo":
-                raise s.error(f"layer {index} is a [{ctx.layers[index].type}]; it must be the [yolo] layer whose "
-                              f"embeddings this loss trains (Darknet stops here too)", "yolo_layer")
-        warnings.warn(f"{s.file}:{s.line}: [contrastive] its training loss is not implemented by darkpy; at "
-                      f"inference its output is zero, as in Darknet", CfgWarning, stacklevel=4)
 
     def forward(self, x, outputs):
         return torch.zeros_like(x)

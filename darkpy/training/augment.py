@@ -26,8 +26,8 @@ from darkpy.training.settings import MIXUP_BLEND, MIXUP_MOSAIC, MIXUP_NONE, Augm
 MOSAIC_MIN_OFFSET = 0.2  # load_data_detection: cut points in [0.2, 0.8] of the network size
 BACKGROUND_BLUR_KERNEL = 17  # image_data_augmentation: blur == 1 blurs the background with a 17x17 Gaussian
 
-# A loaded training image: uint8 HxWx3 RGB, labels (N, 5) [class, x, y, w, h] relative, and the label file name
-# (for messages).
+# A loaded training image: uint8 HxWx3 RGB, labels (N, 5) [class, x, y, w, h] relative (or (N, 6) with a track
+# id, which the boxes carry along as Darknet's 6th truth value), and the label file name (for messages).
 Source = Tuple[np.ndarray, np.ndarray, str]
 F32 = np.float32
 
@@ -57,23 +57,36 @@ class TileDraw:
         return cls()
 
 
-def draw_tile(rng: np.random.Generator, config: AugmentConfig, mosaic: bool = False) -> TileDraw:
-    """One image's random draws, with load_data_detection's distributions."""
+def draw_tile(rng: np.random.Generator, config: AugmentConfig, mosaic: bool = False,
+              pair: Optional[np.random.Generator] = None) -> TileDraw:
+    """One image's random draws, with load_data_detection's distributions.
+
+    With [net] contrastive=1 the two images of a pair draw from `pair` (the same generator state for both) the
+    crop offsets and flip unless contrastive_jit_flip, the colour unless contrastive_color: Darknet's second
+    image keeps the first one's values."""
     blur = 0
     if config.blur:
         blur = (0, 1, config.blur)[int(rng.integers(3))]  # none, background only, whole image
     noise = config.gaussian_noise if config.gaussian_noise and rng.integers(2) == 1 else 0
-    return TileDraw(
-        r=tuple(float(v) for v in rng.random(4)),
-        resize_r=tuple(float(v) for v in rng.random(2)),
-        flip=bool(config.flip and rng.integers(2)),
-        dhue=float(rng.uniform(-config.hue, config.hue)) if config.hue else 0.0,
-        dsat=rand_scale(rng, config.saturation),
-        dexp=rand_scale(rng, config.exposure),
-        blur=blur,
-        gaussian_noise=noise,
-        to_corner=bool(mosaic and rng.integers(2) == 0),
-    )
+    r = tuple(float(v) for v in rng.random(4))
+    resize_r = tuple(float(v) for v in rng.random(2))
+    flip = bool(config.flip and rng.integers(2))
+    colour = _colour_draw(rng, config)
+    if pair is not None:
+        shared_r, shared_flip = tuple(float(v) for v in pair.random(4)), bool(config.flip and pair.integers(2))
+        shared_colour = _colour_draw(pair, config)
+        if not config.contrastive_jit_flip:
+            r, flip = shared_r, shared_flip
+        if not config.contrastive_color:
+            colour = shared_colour
+    return TileDraw(r=r, resize_r=resize_r, flip=flip, dhue=colour[0], dsat=colour[1], dexp=colour[2], blur=blur,
+                    gaussian_noise=noise, to_corner=bool(mosaic and rng.integers(2) == 0))
+
+
+def _colour_draw(rng: np.random.Generator, config: AugmentConfig) -> Tuple[float, float, float]:
+    """dhue, dsat, dexp."""
+    dhue = float(rng.uniform(-config.hue, config.hue)) if config.hue else 0.0
+    return dhue, rand_scale(rng, config.saturation), rand_scale(rng, config.exposure)
 
 
 
@@ -183,14 +196,16 @@ def _invalid_window(window: CropWindow) -> bool:
 def place_truths(labels: np.ndarray, window: CropWindow, flip: bool, net_w: int, net_h: int,
                  config: AugmentConfig, rng: Optional[np.random.Generator] = None,
                  problems: Optional[DataProblems] = None, label_file: str = "") -> Tuple[np.ndarray, int]:
-    """Darknet's fill_truth_detection: labels (N, 5) [class, x, y, w, h] -> truths (K, 5) [x, y, w, h, class].
+    """Darknet's fill_truth_detection: labels (N, 5) [class, x, y, w, h] -> truths (K, 5) [x, y, w, h, class]
+    (labels (N, 6) with a track id give truths (K, 6) [x, y, w, h, class, track id]).
 
     Boxes are shuffled (randomize_boxes), moved into the crop, flipped and clipped to [0, 1] (correct_boxes),
     the list is cut to `max` boxes (before filtering, as in Darknet), and then boxes narrower or lower than one
     network pixel are dropped silently, a class id >= classes or a box at x = y = 0 is dropped with a warning.
     Also returns min_w_h: the smallest side of a kept box in network pixels, truncated (0 without boxes).
     """
-    labels = np.asarray(labels, dtype=F32).reshape(-1, 5)
+    labels = np.asarray(labels, dtype=F32)
+    labels = labels.reshape(-1, labels.shape[-1] if labels.ndim == 2 else 5)
     if rng is not None and len(labels) > 1:
         labels = labels[rng.permutation(len(labels))]
     cls, x, y, w, h = (labels[:, i] for i in range(5))
@@ -227,7 +242,8 @@ def place_truths(labels: np.ndarray, window: CropWindow, flip: bool, net_w: int,
             continue  # cannot happen after clipping with a positive size; kept for Darknet's checks' order
         else:
             kept.append(i)
-    truths = np.stack([new_x, new_y, new_w, new_h, cls], axis=1)[kept].astype(F32).reshape(-1, 5)
+    truths = np.concatenate([np.stack([new_x, new_y, new_w, new_h], axis=1), labels[:, :1], labels[:, 5:]],
+                            axis=1)[kept].astype(F32)
     min_w_h = int(min(float((truths[:, 2] * net_w).min()), float((truths[:, 3] * net_h).min()))) if kept else 0
     return truths, min_w_h
 
@@ -300,7 +316,7 @@ def add_gaussian_noise(image: np.ndarray, sigma: int, rng: np.random.Generator) 
 @dataclass
 class AugmentedTile:
     image: np.ndarray  # uint8 (net_h, net_w, 3)
-    truths: np.ndarray  # (K, 5) [x, y, w, h, class]
+    truths: np.ndarray  # (K, 5) [x, y, w, h, class] (K, 6 with a track id)
     window: CropWindow
     flip: bool
 
@@ -369,7 +385,7 @@ def mosaic_truths(existing: np.ndarray, tile_truths: np.ndarray, tile: int, net_
     """Darknet's blend_truth_mosaic: shift a tile's truths to its quadrant, fix the parts outside the image
     (or, with mosaic_bound, outside the quadrant) and append those that remain valid to `existing`."""
     room = max(0, max_boxes - len(existing))
-    boxes = np.asarray(tile_truths, F32).reshape(-1, 5)[:room]
+    boxes = np.asarray(tile_truths, F32)[:room]
     if len(boxes) == 0:
         return existing
     w, h = F32(net_w), F32(net_h)
@@ -406,12 +422,13 @@ def mosaic_truths(existing: np.ndarray, tile_truths: np.ndarray, tile: int, net_
     valid = ((left >= 0) & (right <= w) & (top >= 0) & (bot <= h)
              & (wb > 0) & (wb < 1) & (hb > 0) & (hb < 1) & (xb > 0) & (xb < 1) & (yb > 0) & (yb < 1)
              & (wb > 1 / w) & (hb > 1 / h))
-    shifted = np.stack([xb, yb, wb, hb, boxes[:, 4]], axis=1)[valid].astype(F32)
-    return np.concatenate([existing.reshape(-1, 5).astype(F32), shifted], axis=0)
+    shifted = np.concatenate([np.stack([xb, yb, wb, hb], axis=1), boxes[:, 4:]], axis=1)[valid].astype(F32)
+    return np.concatenate([existing.reshape(-1, shifted.shape[1]).astype(F32), shifted], axis=0)
 
 
 def make_mosaic(sources: Callable[[int], Source], net_w: int, net_h: int, config: AugmentConfig,
-                rng: np.random.Generator, problems: Optional[DataProblems] = None) -> Tuple[np.ndarray, np.ndarray]:
+                rng: np.random.Generator, problems: Optional[DataProblems] = None,
+                pair: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, np.ndarray]:
     """load_data_detection with mosaic (use_mixup == 3): four images `sources(0..3)`, each jittered on its own
     (half of them pushed towards the centre), cut at a random point in [0.2, 0.8] of the network size.
     Returns float32 (3, net_h, net_w) and truths (K, 5) [x, y, w, h, class]."""
@@ -419,9 +436,9 @@ def make_mosaic(sources: Callable[[int], Source], net_w: int, net_h: int, config
     cut_x = int(rng.integers(int(F32(net_w) * low), int(F32(net_w) * high) + 1))  # rand_int: both ends included
     cut_y = int(rng.integers(int(F32(net_h) * low), int(F32(net_h) * high) + 1))
     canvas = np.zeros((net_h, net_w, 3), np.uint8)
-    truths = np.zeros((0, 5), F32)
+    truths = np.zeros((0, 5), F32)  # (0, 6) once a tile brings track ids
     for tile in range(4):
-        draw = draw_tile(rng, config, mosaic=True)
+        draw = draw_tile(rng, config, mosaic=True, pair=pair)
         augmented = augment_tile(sources(tile), net_w, net_h, config, draw, rng, problems, tile=tile)
         shifts = mosaic_shifts(augmented, net_w, net_h, cut_x, cut_y)
         paste_mosaic_tile(canvas, augmented, tile, cut_x, cut_y, shifts)
@@ -432,24 +449,28 @@ def make_mosaic(sources: Callable[[int], Source], net_w: int, net_h: int, config
 
 
 def make_training_sample(sources: Callable[[int], Source], net_w: int, net_h: int, config: AugmentConfig,
-                         rng: np.random.Generator,
-                         problems: Optional[DataProblems] = None) -> Tuple[np.ndarray, np.ndarray]:
+                         rng: np.random.Generator, problems: Optional[DataProblems] = None,
+                         pair: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, np.ndarray]:
     """One network input as load_data_detection makes it: float32 (3, net_h, net_w) RGB in [0, 1] and truths
     (K, 5) [x, y, w, h, class], K <= max.
 
     `sources(k)` gives the k-th image of this sample: 0 is the sampled one, mosaic asks for 1..3 more and mixup
     for one more (Darknet draws those uniformly from the list as well). Mosaic and mixup are used in 50 % of
     the samples (Darknet decides once per loader call, i.e. per group of about batch/6 images).
+
+    `pair` ([net] contrastive=1): the generator the two images of a contrastive pair share (the caller's
+    `sources` draws the extra images from it too): they make the same mosaic/mixup choice and share the draws
+    draw_tile says.
     """
     mode = config.mixup
-    if mode != MIXUP_NONE and rng.integers(2) == 0:
+    if mode != MIXUP_NONE and (pair or rng).integers(2) == 0:
         mode = MIXUP_NONE
     if mode == MIXUP_MOSAIC:
-        return make_mosaic(sources, net_w, net_h, config, rng, problems)
-    first = augment_tile(sources(0), net_w, net_h, config, draw_tile(rng, config), rng, problems)
+        return make_mosaic(sources, net_w, net_h, config, rng, problems, pair)
+    first = augment_tile(sources(0), net_w, net_h, config, draw_tile(rng, config, pair=pair), rng, problems)
     image, truths = to_float(first.image), first.truths
     if mode == MIXUP_BLEND:  # blend_images_cv(new, 0.5, old, 0.5) and blend_truth: old truths, then new ones
-        second = augment_tile(sources(1), net_w, net_h, config, draw_tile(rng, config), rng, problems)
+        second = augment_tile(sources(1), net_w, net_h, config, draw_tile(rng, config, pair=pair), rng, problems)
         image = F32(0.5) * to_float(second.image) + F32(0.5) * image
         truths = np.concatenate([truths, second.truths], axis=0)[: config.max_boxes]
     return image, truths

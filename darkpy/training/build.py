@@ -3,6 +3,7 @@ one parsed cfg, the start weights, the settings, the training data, then the los
 
 Each step uses only what the steps before it returned; `build_training` returns everything the loop needs.
 """
+import dataclasses
 import os
 import random
 import warnings
@@ -82,8 +83,10 @@ def build_training(options: TrainOptions, dist: Distributed, say: Callable[[str]
                                       options, dist.world)
         task = _classifier_task(data, settings, backup, model, options, dist.main, say, problems)
     else:
-        settings = TrainSettings.read(net, AugmentConfig.from_net_and_head(net, model.heads[-1]), options,
-                                      dist.world)
+        augment = AugmentConfig.from_net_and_head(net, model.heads[-1])
+        if model.contrastive_layers():  # its loss pairs objects by read_boxes' track ids
+            augment = dataclasses.replace(augment, track_ids=True)
+        settings = TrainSettings.read(net, augment, options, dist.world)
         task = _detector_task(data, settings, backup, model, options, dist.main, say, problems)
     _warn_unimplemented(net, model, settings, dist.main)
     optimizer = build_optimizer(model.layers, settings.optimizer)
@@ -168,7 +171,8 @@ def _detector_task(data: DataConfig, settings: TrainSettings, backup: Path, mode
             f"classes={classes}; the labels are checked against the cfg's, as Darknet does")
     train_list, paths = _read_train_list(data, backup, main, say, DEFAULT_TRAIN_LIST)
     return Task("detector", DetectionTrainSet(paths, settings.augment, problems, list_file=train_list),
-                DarknetLoss(model.heads, warn=main), MapEvaluation(options.data, problems),
+                DarknetLoss(model.heads, warn=main, contrastive=model.contrastive_layers()),
+                MapEvaluation(options.data, problems),
                 10000 if settings.max_batches >= 10000 else 1000, detector_line)
 
 

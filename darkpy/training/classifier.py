@@ -62,6 +62,7 @@ class ClassifierAugment:
     blur: int = 0
     random: float = 0.0  # train_classifier has no multi-scale training
     resize_step: int = 32
+    contrastive: bool = False  # no image pairs: darkpy does not train a classifier's contrastive loss (a warning)
 
     @classmethod
     def from_net(cls, net: Section, classes: int, width: int, height: int) -> "ClassifierAugment":

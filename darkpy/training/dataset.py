@@ -6,6 +6,7 @@ and reported once (darkpy.data.DataProblems), handed back from worker processes 
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -93,21 +94,24 @@ class DetectionTrainSet(TrainImages):
             raise TypeError("index the training set with SampleKey(index, width, height, ...) from IterationSampler")
         log = ProblemLog()
         rng = key.rng()
-        image, truths = self.sample(key.index, key.width, key.height, rng, log)
-        padded = torch.zeros((self.config.max_boxes, 5), dtype=torch.float32)
-        padded[: len(truths)] = torch.from_numpy(truths)
+        pair = key.pair_rng() if self.config.contrastive else None
+        image, truths = self.sample(key.index, key.width, key.height, rng, log, pair)
+        padded = torch.zeros((self.config.max_boxes, 6 if self.config.track_ids else 5), dtype=torch.float32)
+        padded[: len(truths), : truths.shape[1]] = torch.from_numpy(truths)
         return torch.from_numpy(np.ascontiguousarray(image)), padded, hand_over(self, log)
 
     def sample(self, index: int, net_w: int, net_h: int, rng: np.random.Generator,
-               problems: Optional[DataProblems] = None) -> Tuple[np.ndarray, np.ndarray]:
-        """make_training_sample for image `index` (more images for mosaic/mixup drawn at random)."""
+               problems: Optional[DataProblems] = None,
+               pair: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """make_training_sample for image `index` (more images for mosaic/mixup drawn at random, from the pair's
+        generator for the two images of a contrastive pair: Darknet gives them the same extra images)."""
         problems = problems if problems is not None else self.problems
 
         def sources(k: int) -> Source:
-            chosen = index if k == 0 else int(rng.integers(len(self)))
+            chosen = index if k == 0 else int((pair or rng).integers(len(self)))
             return self.load(chosen, rng, problems)
 
-        return make_training_sample(sources, net_w, net_h, self.config, rng, problems)
+        return make_training_sample(sources, net_w, net_h, self.config, rng, problems, pair)
 
     def load(self, index: int, rng: np.random.Generator, problems: Optional[DataProblems] = None) -> Source:
         """Image `index` and its labels; an unreadable image is reported once and another one drawn instead."""
@@ -117,7 +121,10 @@ class DetectionTrainSet(TrainImages):
 
     def labels(self, index: int, labels_file: str, problems: Optional[DataProblems]) -> np.ndarray:
         if index not in self._labels:
-            self._labels[index] = read_labels(labels_file, self.config.classes, problems)
+            labels = read_labels(labels_file, self.config.classes, problems)
+            if self.config.track_ids:
+                labels = np.concatenate([labels, track_ids(labels_file, len(labels))[:, None]], axis=1)
+            self._labels[index] = labels
         return self._labels[index]
 
 
@@ -129,6 +136,16 @@ def hand_over(dataset, log: ProblemLog) -> List[Tuple[str, str]]:
             dataset.problems.warn(kind, message)
         return []
     return log.items
+
+
+def track_ids(labels_file: str, count: int) -> np.ndarray:
+    """read_boxes' track ids: the box's place in its label file plus a hash of the file name (djb2 over C's signed
+    chars, in a 64-bit unsigned long), (hash % 4000) * 4000. The same image in one mini-batch (a contrastive
+    pair) gives its objects the same ids; below 2^24, they are exact as float truth values."""
+    value = 5381
+    for byte in os.fsencode(labels_file):
+        value = (value * 33 + (byte - 256 if byte > 127 else byte)) % 2 ** 64
+    return ((value % 4000) * 4000 + np.arange(count)).astype(np.float32)
 
 
 def image_error_reason(error: ImageError, path: str) -> str:

@@ -70,6 +70,10 @@ class SampleKey(NamedTuple):
     def rng(self) -> np.random.Generator:
         return np.random.default_rng([_unsigned(self.seed), self.iteration, self.slot, 2])
 
+    def pair_rng(self) -> np.random.Generator:
+        """The generator both images of a contrastive pair (slots 2k and 2k + 1) start from in the same state."""
+        return np.random.default_rng([_unsigned(self.seed), self.iteration, self.slot - self.slot % 2, 3])
+
 
 def _unsigned(seed: int) -> int:
     return int(seed) & 0xFFFFFFFFFFFFFFFF
@@ -86,7 +90,7 @@ class IterationSampler(Sampler):
 
     def __init__(self, num_images: int, batch: int, width: int, height: int, *, max_batches: int, seed: int = 0,
                  start_iteration: int = 0, random: float = 0.0, resize_step: int = 32, rank: int = 0,
-                 world: int = 1):
+                 world: int = 1, pairs: bool = False):
         if num_images <= 0:
             raise DataError("the training list has no images")
         if batch <= 0:
@@ -96,6 +100,7 @@ class IterationSampler(Sampler):
         self.max_batches, self.seed, self.start_iteration = max_batches, seed, start_iteration
         self.random, self.resize_step = random, resize_step
         self.rank, self.world = rank, world
+        self.pairs = pairs  # [net] contrastive=1: get_random_paths_custom gives each odd slot its even neighbour's image
 
     def __len__(self) -> int:
         return max(0, self.max_batches - self.start_iteration)
@@ -118,5 +123,7 @@ class IterationSampler(Sampler):
         sample_seed = self.seed + RANK_SEED_STEP * self.rank
         for iteration, (width, height) in zip(range(self.start_iteration, self.max_batches), self.sizes()):
             indices = self._image_draws(iteration).integers(0, self.num_images, self.batch)
+            if self.pairs:
+                indices[1::2] = indices[0::2][: self.batch // 2]
             yield [SampleKey(int(index), width, height, sample_seed, iteration, slot)
                    for slot, index in enumerate(indices)]

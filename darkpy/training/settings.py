@@ -25,7 +25,7 @@ NET_NOT_IMPLEMENTED = {
     "equidistant_point": "equidistant-point delta rejection",
     "badlabels_rejection_percentage": "bad-label rejection", "num_sigmas_reject_badlabels": "bad-label rejection",
     "dynamic_minibatch": "mini-batch resizing with multi-scale", "adversarial_lr": "adversarial training",
-    "contrastive": "contrastive loss", "unsupervised": "unsupervised contrastive training",
+    "unsupervised": "unsupervised contrastive training",
     "track": "video tracking training", "sequential_subdivisions": "sequential subdivisions (tracking)",
     "attention": "attention training", "seq_scales": "sequence scales (tracking)",
 }
@@ -76,7 +76,7 @@ class AugmentConfig:
     """The augmentation settings train_detector passes to load_data_detection.
 
     From [net]: flip, hue, saturation, exposure, blur, gaussian_noise, mixup/mosaic/cutmix (combined as Darknet's
-    net.mixup), letter_box, mosaic_bound, resize_step. From the LAST detection layer: classes, jitter, resize,
+    net.mixup), letter_box, mosaic_bound, resize_step, contrastive (with contrastive_jit_flip, contrastive_color). From the LAST detection layer: classes, jitter, resize,
     random, max (Darknet's `args.jitter = l.jitter`, `args.resize = l.resize`, `args.num_boxes = l.max_boxes`).
     """
 
@@ -95,6 +95,10 @@ class AugmentConfig:
     letter_box: bool = False
     mosaic_bound: bool = False
     resize_step: int = 32
+    track_ids: bool = False  # truths carry read_boxes' track id (a [contrastive] loss needs it)
+    contrastive: bool = False  # [net] contrastive=1: the batch is pairs of one image (slots 2k, 2k + 1)
+    contrastive_jit_flip: bool = False  # ... whose crop offsets and flip are drawn for each (else shared)
+    contrastive_color: bool = False  # ... whose colour changes are drawn for each (else shared)
 
     def __post_init__(self) -> None:
         if self.mixup not in (MIXUP_NONE, MIXUP_BLEND, MIXUP_MOSAIC):
@@ -127,6 +131,9 @@ class AugmentConfig:
             letter_box=bool(net.get_int("letter_box", 0)),
             mosaic_bound=bool(net.get_int("mosaic_bound", 0)),
             resize_step=max(1, net.get_int("resize_step", 32)),
+            contrastive=bool(net.get_int("contrastive", 0)),
+            contrastive_jit_flip=bool(net.get_int("contrastive_jit_flip", 0)),
+            contrastive_color=bool(net.get_int("contrastive_color", 0)),
         )
 
     @classmethod
@@ -221,6 +228,10 @@ class TrainSettings:
         if (batch // subdivisions) * subdivisions == 1:
             raise TrainError("batch=1: Darknet refuses to train with one image per iteration (\"You set incorrect "
                              "value batch=1 for Training!\"); use e.g. batch=64 subdivisions=16")
+        if net.get_int("contrastive", 0) and batch // subdivisions < 2:
+            raise TrainError(f"{net.file}:{net.options['contrastive'].line}: [net] contrastive=1 needs pairs of "
+                             f"images in each mini-batch, but batch/subdivisions = {batch // subdivisions} (Darknet "
+                             f"stops too: \"mini_batch size (batch/subdivisions) should be higher than 1\")")
         max_batches = options.max_batches if options.max_batches is not None else net.get_int("max_batches", 0)
         if max_batches < 1:
             raise TrainError(f"{options.cfg}: [net] max_batches is {max_batches}: set it (or --max-batches)")

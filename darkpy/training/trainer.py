@@ -181,7 +181,7 @@ class Trainer:
                                    self.model.height, max_batches=self.max_batches, seed=self.seed,
                                    start_iteration=self.start_iteration, random=self.settings.augment.random,
                                    resize_step=self.settings.augment.resize_step, rank=self.dist.rank,
-                                   world=self.dist.world)
+                                   world=self.dist.world, pairs=self.settings.augment.contrastive)
         return make_train_loader(self.train_set, sampler, num_workers=self.workers)
 
     def train_iteration(self, images: torch.Tensor, truths: torch.Tensor, iteration: int) -> float:
@@ -204,6 +204,8 @@ class Trainer:
             if self.options.verbose:
                 for head, stats in zip(self.model.heads, result.heads):
                     self._print(head.loss_line(stats, head.index))
+                for cost in result.contrastive_costs:
+                    self._print(f" contrastive loss = {cost:f} \n")
         self.dist.sum_gradients(self.model)
         cost_sum = self.dist.mean_loss(cost_sum, self.device)
         number = iteration + 1  # Darknet's cur_iteration is incremented before update_network

@@ -392,14 +392,14 @@ def test_xnor_convolution_pads_with_minus_one_at_inference(tmp_path):
 
 def test_contrastive_outputs_zero_and_needs_a_yolo_layer(tmp_path):
     # forward_contrastive_layer returns at once outside training: the output stays zero, like [cost]'s.
-    body = ("[convolutional]\nfilters=14\nsize=1\nactivation=linear\n[yolo]\nclasses=2\nnum=2\nmask=0,1\n"
-            "anchors=4,5,8,9\n[route]\nlayers=-2\n[contrastive]\nclasses=1\nyolo_layer=-2\n")
+    body = ("[convolutional]\nfilters=4\nsize=1\nactivation=linear\n[convolutional]\nfilters=14\nsize=1\n"
+            "activation=linear\n[yolo]\nclasses=2\nnum=2\nmask=0,1\nanchors=4,5,8,9\nembedding_layer=-2\n"
+            "[route]\nlayers=-3\n[contrastive]\nclasses=1\nyolo_layer=-2\n")
     path = tmp_path / "c.cfg"
     path.write_text(NET.format(w=4, h=4, c=1) + body)
-    with pytest.warns(Warning, match="contrastive"):
-        model = Darknet.from_cfg(path).eval()
+    model = Darknet.from_cfg(path).eval()
     outputs = run_all(model, torch.rand(1, 1, 4, 4))
-    assert torch.equal(outputs[3], torch.zeros_like(outputs[2]))
+    assert outputs[3].abs().sum() > 0 and torch.equal(outputs[4], torch.zeros_like(outputs[3]))
     path.write_text(NET.format(w=4, h=4, c=1) + body.replace("yolo_layer=-2", "yolo_layer=-1"))
     with pytest.raises(Exception, match="must be the \\[yolo\\] layer"):
         Darknet.from_cfg(path)
