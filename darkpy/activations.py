@@ -3,7 +3,7 @@
 Each function takes and returns a tensor and is differentiable with autograd. Where Darknet's CPU and GPU code
 differ, darkpy follows the GPU (the correct) arithmetic; the difference is noted.
 """
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -140,6 +140,18 @@ _IN_PLACE: Dict[str, Activation] = {
     "leaky": lambda x: F.leaky_relu_(x, 0.1),
     "revleaky": lambda x: F.leaky_relu_(x, 0.1),
     "linear": _linear,
+}
+
+
+# Activations oneDNN computes exactly as darkpy does (a select or a clamp: no rounding of its own), so that a CPU
+# convolution can apply them as a post-op (darkpy.layers.conv.PackedConv): the oneDNN name and its scalars.
+ONEDNN_POST_OPS: Dict[str, Tuple[str, List[float]]] = {
+    "linear": ("none", []),
+    "relu": ("relu", []),
+    "leaky": ("leaky_relu", [0.1]),
+    "revleaky": ("leaky_relu", [0.1]),
+    "relu6": ("hardtanh", [0.0, 6.0]),
+    "hardtan": ("hardtanh", [-1.0, 1.0]),
 }
 
 

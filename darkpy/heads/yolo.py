@@ -88,7 +88,9 @@ class YoloLayer(Head):
 
     def activate(self, raw: torch.Tensor) -> torch.Tensor:
         """forward_yolo_layer: the logistic on x, y, objectness and classes, then scale_x_y on x, y."""
-        out = raw.clone()  # the raw tensor may be read by other layers: activate a copy
+        # the raw tensor may be read by other layers: activate a copy, in (B, A, E, H, W) order (from a channels_last
+        # convolution the slices below are then contiguous, and so is the array the decoding reads)
+        out = raw.clone(memory_format=torch.contiguous_format)
         if not self.new_coords:  # with new_coords the conv before already applied the logistic
             out[:, :, :2].sigmoid_()
             out[:, :, 4:].sigmoid_()
