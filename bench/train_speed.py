@@ -154,8 +154,13 @@ def _children_cpu() -> float:
 def run_trainer(command: List[str], cwd: str) -> Tuple[float, float, List[float]]:
     """Run one training command: its wall seconds, CPU seconds (it and its children) and printed step times."""
     cpu_before, start = _children_cpu(), time.perf_counter()
+    # `python -m darkpy` imports this checkout's darkpy, as the bench itself does. Both trainers wait for their
+    # OpenMP threads the same way: the darkpy command's own default (PASSIVE, darkpy/cli.py) unless the caller's
+    # environment sets one; libgomp's default spins, which counts as CPU time.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     done = subprocess.run(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          errors="replace")
+                          errors="replace", env=env)
     wall, cpu = time.perf_counter() - start, _children_cpu() - cpu_before
     steps = [float(seconds) for seconds in ITERATION_LINE.findall(done.stdout)]
     if done.returncode != 0 or not steps:
@@ -192,7 +197,8 @@ def compare_trainers(args, cfg: str) -> None:
     commands = trainer_commands(args.darknet, args.data, cfg, args.threads)
     short, long = args.short, args.short + args.iterations
     figures: Dict[str, Dict[str, List[float]]] = {name: {"wall": [], "cpu": [], "step": []} for name in commands}
-    env_note = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    env_note = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+                f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}")
     for round_index in range(args.rounds):
         for name, command in commands.items():
             runs = {}

@@ -133,7 +133,9 @@ ACTIVATIONS: Dict[str, Activation] = {
 CHANNEL_ACTIVATIONS = {"normalize_channels", "normalize_channels_softmax", "normalize_channels_softmax_maxval"}
 
 
-# In-place forms for inference on a tensor nothing else holds (saves a full copy per layer).
+# In-place forms for a tensor nothing else holds (saves a full copy per layer). In training their gradients read
+# the result instead of the input, which gives the same numbers: leaky and relu keep the sign, and the logistic's
+# backward reads its result anyway.
 _IN_PLACE: Dict[str, Activation] = {
     "logistic": torch.sigmoid_,
     "relu": torch.relu_,
@@ -156,8 +158,9 @@ ONEDNN_POST_OPS: Dict[str, Tuple[str, List[float]]] = {
 
 
 def activate_fresh(name: str, x: torch.Tensor) -> torch.Tensor:
-    """Apply activation `name` to a freshly computed tensor, in place when autograd does not need it."""
-    if name in _IN_PLACE and not (x.requires_grad and torch.is_grad_enabled()):
+    """Apply activation `name` to the output a convolution or batch norm has just computed (their backward does not
+    read it), in place where there is an in-place form."""
+    if name in _IN_PLACE:
         return _IN_PLACE[name](x)
     return ACTIVATIONS[name](x)
 

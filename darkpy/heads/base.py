@@ -280,9 +280,15 @@ def best_truth_per_cell(pred: np.ndarray, truths: np.ndarray, counts: np.ndarray
 
 def first_max_index(values: np.ndarray) -> int:
     """Darknet's `if (v > best) best = v` from 0: the first index of the largest positive value, else 0."""
+    values = np.asarray(values, dtype=np.float32)
+    return int(first_max_indices(values[None])[0]) if values.size else 0
+
+
+def first_max_indices(values: np.ndarray) -> np.ndarray:
+    """first_max_index of every row (along the last axis)."""
     values = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0)
-    best = int(np.argmax(values)) if values.size else 0
-    return best if values.size and values[best] > 0 else 0
+    best = values.argmax(axis=-1)
+    return np.where(np.take_along_axis(values, best[..., None], axis=-1)[..., 0] > 0, best, 0)
 
 
 def c_exp(v: float) -> float:

@@ -9,7 +9,7 @@ from darkpy.boxes import (F32, IOU_KINDS, NMS_KINDS, Box, BoxSet, box_giou, box_
                           dx_box_iou)
 from darkpy.cfg import Section
 from darkpy.heads.base import (COMMON_OPTIONS, Head, HeadLoss, LossError, TorchBoxes, as_box,
-                               best_truth_per_cell, c_exp, c_log, c_sqrt, class_probs, exp_scale, first_max_index,
+                               best_truth_per_cell, c_exp, c_log, c_sqrt, class_probs, exp_scale, first_max_indices,
                                valid_counts)
 from darkpy.layers.base import BuildContext, register
 
@@ -310,6 +310,9 @@ class _YoloImage:
         self.h, self.w = out.shape[3], out.shape[4]
         self.stats = stats
         self.anchors = head.anchor_array(every=True)  # best_n runs over every anchor of the cfg line
+        self.anchor_boxes = np.zeros((len(self.anchors), 4), dtype=np.float32)  # centred on 0, relative
+        self.anchor_boxes[:, 2] = self.anchors[:, 0] / np.float32(net_w)
+        self.anchor_boxes[:, 3] = self.anchors[:, 1] / np.float32(net_h)
 
     # ---- get_yolo_box / delta_yolo_box ----
     def pred_box(self, n_mask: int, anchor: int, j: int, i: int) -> Box:
@@ -408,9 +411,16 @@ class _YoloImage:
         stats.count += 1
 
     def positives(self, truths: np.ndarray, count: int) -> None:
-        """The loop over truths of process_batch: best anchor over all anchors, then iou_thresh extras."""
+        """The loop over truths of process_batch: best anchor over all anchors, then iou_thresh extras. The
+        anchors are matched for all truths at once (the same float32 arithmetic as one by one); the assignments
+        stay a loop in Darknet's truth order, since a later truth overwrites an earlier one's deltas in a cell."""
         head = self.head
         self.tot_iou_loss = self.tot_giou_loss = 0.0
+        shapes = np.zeros((count, 1, 4), dtype=np.float32)  # each truth's w, h centred on 0, against every anchor
+        shapes[:, 0, 2:] = truths[:count, 2:4]
+        best = first_max_indices(box_iou(self.anchor_boxes[None], shapes))
+        extras = box_iou_kind(self.anchor_boxes[None], shapes, head.iou_thresh_kind) > head.iou_thresh \
+            if head.iou_thresh < 1.0 else None
         for t in range(count):
             x, y, w, h = (float(v) for v in truths[t, :4])
             if x < 0 or y < 0 or x > 1 or y > 1 or w < 0 or h < 0:
@@ -422,17 +432,11 @@ class _YoloImage:
             # memory in C): darkpy uses the last cell instead.
             i = min(int(np.float32(x) * np.float32(self.w)), self.w - 1)
             j = min(int(np.float32(y) * np.float32(self.h)), self.h - 1)
-            truth = (x, y, w, h)
-            shape = as_box((0.0, 0.0, w, h))
-            anchor_boxes = np.zeros((len(self.anchors), 4), dtype=np.float32)
-            anchor_boxes[:, 2] = self.anchors[:, 0] / np.float32(self.net_w)
-            anchor_boxes[:, 3] = self.anchors[:, 1] / np.float32(self.net_h)
-            best_n = first_max_index(box_iou(anchor_boxes, shape))
+            truth, best_n = (x, y, w, h), int(best[t])
             if best_n in head.mask:
                 self.assign(truth, class_id, head.mask.index(best_n), best_n, j, i)
-            if head.iou_thresh < 1.0:
-                extra = box_iou_kind(anchor_boxes, shape, head.iou_thresh_kind) > head.iou_thresh
-                for n in np.nonzero(extra)[0]:
+            if extras is not None:
+                for n in np.nonzero(extras[t])[0]:
                     if n != best_n and n in head.mask:
                         self.assign(truth, class_id, head.mask.index(int(n)), int(n), j, i)
         if head.iou_thresh < 1.0:
