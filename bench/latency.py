@@ -37,6 +37,7 @@ OPENCV_ELSEWHERE_MS = {"yolov3-tiny": 30.0, "yolov3-tiny-prn": 36.0, "yolov4-tin
 # what `darkpy detect` and `darkpy map` run.
 VARIANTS = ("eager", "+fuse", "+inference_mode", "+channels_last", "+packed", "torchscript", "compile")
 DEFAULT_VARIANT = "+packed"
+STATISTICS = {"median": statistics.median, "min": min}
 
 
 def find_cfg(name: str, shared: Path) -> Path:
@@ -185,8 +186,9 @@ def onnxruntime_engine(cfg: Path, weights: Path, size: int, image: np.ndarray, t
 # ============================================================================ timing
 
 def interleaved_medians(engines: Dict[str, Callable[[], object]], rounds: int, warmup: int,
-                        clock: Callable[[], float] = time.perf_counter) -> Dict[str, float]:
-    """Median milliseconds per call of each engine, timed one call each per round."""
+                        clock: Callable[[], float] = time.perf_counter,
+                        statistic: Callable[[List[float]], float] = statistics.median) -> Dict[str, float]:
+    """Median (or `statistic`) milliseconds per call of each engine, timed one call each per round."""
     for call in engines.values():
         for _ in range(warmup):
             call()
@@ -196,7 +198,7 @@ def interleaved_medians(engines: Dict[str, Callable[[], object]], rounds: int, w
             start = clock()
             call()
             samples[name].append((clock() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: statistic(values) for name, values in samples.items()}
 
 
 def cpu_table(models: List[str], args, log: Callable[[str], None]) -> List[Dict[str, float]]:
@@ -215,7 +217,7 @@ def cpu_table(models: List[str], args, log: Callable[[str], None]) -> List[Dict[
             if ort is not None:
                 engines["onnxruntime"] = ort
             clock = time.thread_time if args.clock == "thread" else time.perf_counter
-            medians = interleaved_medians(engines, args.rounds, args.warmup, clock)
+            medians = interleaved_medians(engines, args.rounds, args.warmup, clock, STATISTICS[args.statistic])
             medians["model"] = name
             rows.append(medians)
     return rows
@@ -228,7 +230,7 @@ def print_cpu_table(rows: List[Dict[str, float]], args) -> None:
     import cv2
 
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"\nCPU, {args.threads} threads, batch 1, {args.size}x{args.size}: median ms per image "
+    print(f"\nCPU, {args.threads} threads, batch 1, {args.size}x{args.size}: {args.statistic} ms per image "
           f"({args.rounds} interleaved rounds; torch {torch.__version__}, OpenCV {cv2.__version__}{_ort_version()}; "
           f"{os.cpu_count()} CPUs, load average {load}; {args.clock} clock; "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
@@ -303,6 +305,10 @@ def main(argv=None) -> int:
     parser.add_argument("--clock", choices=["wall", "thread"], default="wall",
                         help="thread: CPU time of the calling thread (with --threads 1 every engine computes in it), "
                              "which other processes on a busy machine do not inflate")
+    parser.add_argument("--statistic", choices=sorted(STATISTICS), default="median",
+                        help="min: the fastest of the rounds, each engine's time when the machine let it run "
+                             "undisturbed (for a machine other work shares; with --threads 2 the wall clock "
+                             "is the only clock)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA figures even with a GPU")
     parser.add_argument("--shared", type=Path,

@@ -218,8 +218,10 @@ def compare_trainers(args, cfg: str) -> None:
     print("| trainer | wall s/iteration | CPU s/iteration | printed step s (median) | images/s (wall) |")
     print("|---|---|---|---|---|")
     medians = {name: {k: statistics.median(v) for k, v in f.items()} for name, f in figures.items()}
+    batch_line = re.search(r"^\s*batch\s*=\s*(\d+)", Path(cfg).read_text(), re.MULTILINE)  # the cfg's, not --batch
+    batch = int(batch_line.group(1)) if batch_line else args.batch
     for name, m in medians.items():
-        print(f"| {name} | {m['wall']:.3f} | {m['cpu']:.3f} | {m['step']:.3f} | {args.batch / m['wall']:.1f} |")
+        print(f"| {name} | {m['wall']:.3f} | {m['cpu']:.3f} | {m['step']:.3f} | {batch / m['wall']:.1f} |")
     d, c = medians["darkpy"], medians["C Darknet"]
     print(f"darkpy is {c['wall'] / d['wall']:.2f}x as fast as C Darknet in wall time, {c['cpu'] / d['cpu']:.2f}x in "
           f"CPU time, {c['step'] / d['step']:.2f}x in printed step time")

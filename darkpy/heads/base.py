@@ -174,13 +174,12 @@ class Head(Layer):
         if output.ndim != 4 or anchors != len(self.mask) or entries != self.entries:
             raise ValueError(f"{self.type} head {self.index}: expected an output of shape "
                              f"({len(self.mask)}, {self.entries}, H, W), got {output.shape}")
-        # (A, E, H, W) -> (H*W*A, E): Darknet's detection order, cell by cell, anchors within a cell
-        flat = output.transpose(2, 3, 0, 1).reshape(rows * cols * anchors, entries)
-        row, col, anchor = (g.reshape(-1) for g in np.meshgrid(np.arange(rows), np.arange(cols),
-                                                                 np.arange(anchors), indexing="ij"))
-        if thresh is not None:
-            keep = flat[:, self.box_entries] > thresh
-            flat, col, row, anchor = flat[keep], col[keep], row[keep], anchor[keep]
+        # The kept cells in Darknet's detection order (cell by cell, anchors within a cell: C order of (H, W, A)),
+        # found on the objectness plane; only their entries are gathered (no copy of the whole output per image)
+        keep = np.ones((rows, cols, anchors), dtype=bool) if thresh is None else \
+            output[:, self.box_entries].transpose(1, 2, 0) > thresh
+        row, col, anchor = np.nonzero(keep)
+        flat = output[anchor, :, row, col]  # (N, E)
         return Cells(flat, col.astype(F32), row.astype(F32), self.anchor_array()[anchor], cols, rows)
 
     # ---- training ---------------------------------------------------------------------------------------------
