@@ -43,9 +43,10 @@ def darknet_conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
 class PackedConv:
     """A folded convolution (bias, no batch norm) prepared for oneDNN on the CPU: the weights reordered once into
     oneDNN's blocked layout (instead of at every call) and the activation applied as a post-op inside the
-    convolution when oneDNN computes it exactly (activations.ONEDNN_POST_OPS). The outputs are bit for bit
-    those of F.conv2d + the activation on channels_last tensors (tests/layers/test_packed_conv.py); about 20 %
-    less time per image at batch 1 (docs/latency.md).
+    convolution when oneDNN computes it exactly (activations.ONEDNN_POST_OPS). The outputs are those of F.conv2d
+    + the activation on channels_last tensors, bit for bit on 3x3 layers and to float rounding where torch sums a
+    1x1 convolution in another order (tests/layers/test_packed_conv.py); about 20 % less time per image at batch 1
+    (docs/latency.md).
 
     It is a copy of the weights at packing time: `matches` refuses it once they have changed (a weights load, an
     optimiser step, fuse()) and the layer then runs its ordinary path. A deep copy of the model drops it."""
