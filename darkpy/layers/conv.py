@@ -66,16 +66,22 @@ class PackedConv:
         return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
     def matches(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
-        """Usable for this call: a float32 CPU input, no gradient wanted, the weights those packed."""
+        """Usable for this call: a float32 CPU input, no gradient wanted, the weights those packed, not traced
+        (an ONNX or TorchScript trace records the ordinary operators)."""
         return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-                and (weight.data_ptr(), weight._version) == self.source)
+                and (weight.data_ptr(), weight._version) == self.source and not torch.jit.is_tracing())
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._convolution_pointwise(x, self.weight, bias.detach(), self.padding, self.stride,
                                                        self.dilation, self.groups, self.attr, self.scalars, None)
 
+    # oneDNN's opaque tensors neither copy nor pickle: a copied or pickled model has no packed weights and runs the
+    # ordinary path until it is packed again
     def __deepcopy__(self, memo) -> None:
-        return None  # oneDNN's opaque tensors do not copy; the copy runs the ordinary path until packed again
+        return None
+
+    def __reduce__(self):
+        return type(None), ()
 
 
 def darknet_batch_norm(x, running_mean, running_var, weight, bias, training: bool):

@@ -2,6 +2,7 @@
 activations, and max-pools as maxima of strided views, give what the ordinary layers give; the ordinary path
 takes over whenever the packed copy no longer applies."""
 import copy
+import pickle
 import warnings
 
 import pytest
@@ -129,3 +130,15 @@ def test_a_deep_copy_drops_the_packed_weights(tmp_path):
     assert all(layer.packed is None for layer in copied.layers if isinstance(layer, ConvLayer))
     x = torch.rand(1, 3, 32, 32)
     torch.testing.assert_close(outputs(copied, x)[-1], outputs(model, x)[-1], rtol=1e-6, atol=1e-6)
+
+
+def test_a_traced_or_pickled_model_has_the_ordinary_operators(tmp_path):
+    model = prepare_for_inference(build(tmp_path).requires_grad_(False), "cpu")  # a trace takes no grad constants
+    x = torch.rand(1, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = str(torch.jit.trace(lambda t: model(t), (x,), check_trace=False).graph)
+    assert "mkldnn" not in graph and "aten::_convolution" in graph
+    restored = pickle.loads(pickle.dumps(model))
+    assert all(layer.packed is None for layer in restored.layers if isinstance(layer, ConvLayer))
+    torch.testing.assert_close(outputs(restored, x)[-1], outputs(model, x)[-1], rtol=1e-6, atol=1e-6)
