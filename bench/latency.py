@@ -3,7 +3,11 @@ OpenCV's Darknet importer (cv2.dnn) and, when installed, onnxruntime on darkpy's
 run. Run by hand; prints a table (and, with a CUDA device, darkpy's CUDA figures at batch 1 and 64, fp16).
 
     python bench/latency.py [--models yolov3-tiny yolov3-tiny-prn yolov4-tiny] [--threads 2] [--size 416]
-                            [--rounds 40] [--no-compile] [--shared ../shared]
+                            [--rounds 40] [--no-compile] [--shared ../shared] [--clock wall|thread]
+                            [--statistic median|min]
+
+The last column is darkpy's default CPU path (+packed: what `darkpy detect` and `darkpy map` run) over
+onnxruntime's time, then the best darkpy variant's.
 
 yolov3-tiny runs with the original COCO weights (weights/ or ../shared/weights); the others with random weights
 (batch-norm statistics set to mean 0, variance 1 so that values stay finite), written to a temporary .weights
