@@ -3,7 +3,11 @@ OpenCV's Darknet importer (cv2.dnn) and, when installed, onnxruntime on darkpy's
 run. Run by hand; prints a table (and, with a CUDA device, darkpy's CUDA figures at batch 1 and 64, fp16).
 
     python bench/latency.py [--models yolov3-tiny yolov3-tiny-prn yolov4-tiny] [--threads 2] [--size 416]
-                            [--rounds 40] [--no-compile] [--shared ../shared]
+                            [--rounds 40] [--no-compile] [--shared ../shared] [--clock wall|thread]
+                            [--statistic median|min]
+
+The last column is darkpy's default CPU path (+packed: what `darkpy detect` and `darkpy map` run) over
+onnxruntime's time, then the best darkpy variant's.
 
 yolov3-tiny runs with the original COCO weights (weights/ or ../shared/weights); the others with random weights
 (batch-norm statistics set to mean 0, variance 1 so that values stay finite), written to a temporary .weights
@@ -26,13 +30,18 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from darkpy.evaluation.inference import prepare_for_inference  # noqa: E402
 from darkpy.model import Darknet  # noqa: E402
 
 DEFAULT_MODELS = ("yolov3-tiny", "yolov3-tiny-prn", "yolov4-tiny")
 OPENCV_ELSEWHERE_MS = {"yolov3-tiny": 30.0, "yolov3-tiny-prn": 36.0, "yolov4-tiny": 45.0}  # from the issue
 # darkpy variants, each adding one optimisation to the previous one (compile and TorchScript start from the best
 # eager variant, channels_last).
-VARIANTS = ("eager", "+fuse", "+inference_mode", "+channels_last", "torchscript", "compile")
+# "+packed" (oneDNN weights reordered once, activation fused: prepare_for_inference) is darkpy's default CPU path,
+# what `darkpy detect` and `darkpy map` run.
+VARIANTS = ("eager", "+fuse", "+inference_mode", "+channels_last", "+packed", "torchscript", "compile")
+DEFAULT_VARIANT = "+packed"
+STATISTICS = {"median": statistics.median, "min": min}
 
 
 def find_cfg(name: str, shared: Path) -> Path:
@@ -105,6 +114,7 @@ def darkpy_engines(cfg: Path, weights: Path, size: int, image: np.ndarray, compi
     x_last = x.contiguous(memory_format=torch.channels_last)
     best_eager = load(fuse=True, channels_last=True)
     engines["+channels_last"] = inference_call(best_eager, x_last)
+    engines["+packed"] = inference_call(prepare_for_inference(load(fuse=True), "cpu"), x_last)
 
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -180,8 +190,9 @@ def onnxruntime_engine(cfg: Path, weights: Path, size: int, image: np.ndarray, t
 # ============================================================================ timing
 
 def interleaved_medians(engines: Dict[str, Callable[[], object]], rounds: int, warmup: int,
-                        clock: Callable[[], float] = time.perf_counter) -> Dict[str, float]:
-    """Median milliseconds per call of each engine, timed one call each per round."""
+                        clock: Callable[[], float] = time.perf_counter,
+                        statistic: Callable[[List[float]], float] = statistics.median) -> Dict[str, float]:
+    """Median (or `statistic`) milliseconds per call of each engine, timed one call each per round."""
     for call in engines.values():
         for _ in range(warmup):
             call()
@@ -191,7 +202,7 @@ def interleaved_medians(engines: Dict[str, Callable[[], object]], rounds: int, w
             start = clock()
             call()
             samples[name].append((clock() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: statistic(values) for name, values in samples.items()}
 
 
 def cpu_table(models: List[str], args, log: Callable[[str], None]) -> List[Dict[str, float]]:
@@ -210,7 +221,7 @@ def cpu_table(models: List[str], args, log: Callable[[str], None]) -> List[Dict[
             if ort is not None:
                 engines["onnxruntime"] = ort
             clock = time.thread_time if args.clock == "thread" else time.perf_counter
-            medians = interleaved_medians(engines, args.rounds, args.warmup, clock)
+            medians = interleaved_medians(engines, args.rounds, args.warmup, clock, STATISTICS[args.statistic])
             medians["model"] = name
             rows.append(medians)
     return rows
@@ -223,20 +234,32 @@ def print_cpu_table(rows: List[Dict[str, float]], args) -> None:
     import cv2
 
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"\nCPU, {args.threads} threads, batch 1, {args.size}x{args.size}: median ms per image "
-          f"({args.rounds} interleaved rounds; torch {torch.__version__}, OpenCV {cv2.__version__}; "
+    print(f"\nCPU, {args.threads} threads, batch 1, {args.size}x{args.size}: {args.statistic} ms per image "
+          f"({args.rounds} interleaved rounds; torch {torch.__version__}, OpenCV {cv2.__version__}{_ort_version()}; "
           f"{os.cpu_count()} CPUs, load average {load}; {args.clock} clock; "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
-    header = f"| model | {' | '.join(columns)} | best darkpy / OpenCV |"
-    print(header)
-    print("|" + "---|" * (len(columns) + 2))
+    ratios = ["best darkpy / OpenCV"] + (["darkpy / onnxruntime"] if "onnxruntime" in columns else [])
+    print(f"| model | {' | '.join(columns + ratios)} |")
+    print("|" + "---|" * (len(columns) + len(ratios) + 1))
     for row in rows:
         cells = [f"{row[c]:.1f}" if c in row else "-" for c in columns]
         darkpy = {v: row[v] for v in VARIANTS if v in row}
         best = min(darkpy, key=darkpy.get)
-        print(f"| {row['model']} | {' | '.join(cells)} | {darkpy[best] / row['OpenCV']:.2f}x ({best}) |")
+        cells.append(f"{darkpy[best] / row['OpenCV']:.2f}x ({best})")
+        if "onnxruntime" in row:  # the default path (detect, map), then the best variant
+            cells.append(f"{row[DEFAULT_VARIANT] / row['onnxruntime']:.2f}x ({DEFAULT_VARIANT}), "
+                         f"{darkpy[best] / row['onnxruntime']:.2f}x ({best})")
+        print(f"| {row['model']} | {' | '.join(cells)} |")
     print("\nOpenCV measured elsewhere (issue): " +
           ", ".join(f"{k} {v:.0f} ms" for k, v in OPENCV_ELSEWHERE_MS.items()))
+
+
+def _ort_version() -> str:
+    try:
+        import onnxruntime
+    except ImportError:
+        return ""
+    return f", onnxruntime {onnxruntime.__version__}"
 
 
 def cuda_table(models: List[str], args, log: Callable[[str], None]) -> None:
@@ -286,6 +309,10 @@ def main(argv=None) -> int:
     parser.add_argument("--clock", choices=["wall", "thread"], default="wall",
                         help="thread: CPU time of the calling thread (with --threads 1 every engine computes in it), "
                              "which other processes on a busy machine do not inflate")
+    parser.add_argument("--statistic", choices=sorted(STATISTICS), default="median",
+                        help="min: the fastest of the rounds, each engine's time when the machine let it run "
+                             "undisturbed (for a machine other work shares; with --threads 2 the wall clock "
+                             "is the only clock)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA figures even with a GPU")
     parser.add_argument("--shared", type=Path,

@@ -5,19 +5,32 @@ Run by hand (it is not a test):
     python bench/train_speed.py                         # yolov3-tiny at 416, batch 16, CPU
     python bench/train_speed.py --device cuda:0 --amp --iterations 20
     python bench/train_speed.py --data /tmp/shapes/shapes.data --cfg cfg/shapes-prn.cfg --size 224
+    python bench/train_speed.py --data /tmp/shapes/shapes.data --cfg cfg/shapes-prn.cfg --size 224 \
+                                --darknet /tmp/darknet-avx/darknet
 
 The images are random tensors with three random boxes each, so the figure is the network and loss work only;
 with --data it also times darkpy's data pipeline (Darknet's augmentation of `batch` images of the train list,
 in the training process) on its own. A pytorchyolo (eriklindernoren/PyTorch-YOLOv3) column is added when that
 package is importable: same cfg, its own loss, SGD.
+
+With --darknet (and --data) both trainers run whole: `darknet detector train` and `darkpy train`, each as its own
+process on the same cfg (a copy with max_batches set) and data, taking turns round after round. Each runs a short
+and a long count of iterations; the difference between the two runs gives the seconds per iteration with data
+loading and without start-up, in wall time and in CPU time of the process and its children (the CPU time is what
+other processes on a busy machine do not inflate). The step time each trainer prints per iteration is shown too.
 """
 import argparse
 import os
+import re
+import resource
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -127,6 +140,93 @@ def loader_seconds(data: str, cfg: str, size: int, batch: int, iterations: int) 
     return (time.perf_counter() - start) / iterations
 
 
+# ============================================================================ whole trainers, side by side
+
+# Darknet's (and darkpy's) line per iteration: " 12: 801.3, 812.9 avg loss, 0.000000 rate, 1.52 seconds, ..."
+ITERATION_LINE = re.compile(r"^\s*\d+: \S+, \S+ avg loss, \S+ rate, ([0-9.]+) seconds", re.MULTILINE)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_trainer(command: List[str], cwd: str) -> Tuple[float, float, List[float]]:
+    """Run one training command: its wall seconds, CPU seconds (it and its children) and printed step times."""
+    cpu_before, start = _children_cpu(), time.perf_counter()
+    # `python -m darkpy` imports this checkout's darkpy, as the bench itself does. Both trainers wait for their
+    # OpenMP threads the same way: the darkpy command's own default (PASSIVE, darkpy/cli.py) unless the caller's
+    # environment sets one; libgomp's default spins, which counts as CPU time.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    done = subprocess.run(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace", env=env)
+    wall, cpu = time.perf_counter() - start, _children_cpu() - cpu_before
+    steps = [float(seconds) for seconds in ITERATION_LINE.findall(done.stdout)]
+    if done.returncode != 0 or not steps:
+        tail = "\n".join(done.stdout.splitlines()[-15:])
+        raise SystemExit(f"{' '.join(command)} failed (exit {done.returncode}, {len(steps)} iterations):\n{tail}")
+    return wall, cpu, steps
+
+
+def trainer_commands(darknet: str, data: str, cfg: str, threads: Optional[int]) -> Dict[str, Callable]:
+    """name -> (iterations, folder) -> the command training `iterations` iterations from scratch there."""
+    def setup(iterations: int, folder: str) -> Tuple[str, str]:
+        text = Path(cfg).read_text()
+        text = re.sub(r"^\s*max_batches\s*=.*$", f"max_batches={iterations}", text, flags=re.MULTILINE)
+        Path(folder, "bench.cfg").write_text(text)
+        lines = [line for line in Path(data).read_text().splitlines() if not line.strip().startswith("backup")]
+        Path(folder, "bench.data").write_text("\n".join(lines + [f"backup = {folder}/backup", ""]))
+        os.makedirs(Path(folder, "backup"), exist_ok=True)
+        return str(Path(folder, "bench.data")), str(Path(folder, "bench.cfg"))
+
+    def darknet_command(iterations: int, folder: str) -> List[str]:
+        data_file, cfg_file = setup(iterations, folder)
+        return [darknet, "detector", "train", data_file, cfg_file, "-dont_show"]
+
+    def darkpy_command(iterations: int, folder: str) -> List[str]:
+        data_file, cfg_file = setup(iterations, folder)
+        return [sys.executable, "-m", "darkpy", "train", "--data", data_file, "--cfg", cfg_file, "--no-progress",
+                "--seed", "1"] + (["--threads", str(threads)] if threads else [])
+
+    return {"darkpy": darkpy_command, "C Darknet": darknet_command}
+
+
+def compare_trainers(args, cfg: str) -> None:
+    """Rounds of: each trainer a short and a long run; per-iteration figures from the difference."""
+    commands = trainer_commands(args.darknet, args.data, cfg, args.threads)
+    short, long = args.short, args.short + args.iterations
+    figures: Dict[str, Dict[str, List[float]]] = {name: {"wall": [], "cpu": [], "step": []} for name in commands}
+    env_note = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+                f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}")
+    for round_index in range(args.rounds):
+        for name, command in commands.items():
+            runs = {}
+            for iterations in (short, long):
+                with tempfile.TemporaryDirectory(prefix="darkpy-train-speed-") as folder:
+                    runs[iterations] = run_trainer(command(iterations, folder), folder)
+            (wall_s, cpu_s, _), (wall_l, cpu_l, steps) = runs[short], runs[long]
+            figures[name]["wall"].append((wall_l - wall_s) / (long - short))
+            figures[name]["cpu"].append((cpu_l - cpu_s) / (long - short))
+            figures[name]["step"].extend(steps[short:])
+            print(f"  round {round_index + 1} {name}: {figures[name]['wall'][-1]:.3f} s wall, "
+                  f"{figures[name]['cpu'][-1]:.3f} s CPU per iteration", file=sys.stderr, flush=True)
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"\nwhole trainers, {Path(cfg).name} on {Path(args.data).name}: seconds per iteration (median of "
+          f"{args.rounds} rounds of {short} and {long} iterations; {os.cpu_count()} CPUs, load average {load} "
+          f"at the end; {env_note})")
+    print("| trainer | wall s/iteration | CPU s/iteration | printed step s (median) | images/s (wall) |")
+    print("|---|---|---|---|---|")
+    medians = {name: {k: statistics.median(v) for k, v in f.items()} for name, f in figures.items()}
+    batch_line = re.search(r"^\s*batch\s*=\s*(\d+)", Path(cfg).read_text(), re.MULTILINE)  # the cfg's, not --batch
+    batch = int(batch_line.group(1)) if batch_line else args.batch
+    for name, m in medians.items():
+        print(f"| {name} | {m['wall']:.3f} | {m['cpu']:.3f} | {m['step']:.3f} | {batch / m['wall']:.1f} |")
+    d, c = medians["darkpy"], medians["C Darknet"]
+    print(f"darkpy is {c['wall'] / d['wall']:.2f}x as fast as C Darknet in wall time, {c['cpu'] / d['cpu']:.2f}x in "
+          f"CPU time, {c['step'] / d['step']:.2f}x in printed step time")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cfg", default=None, help="cfg (default: yolov3-tiny.cfg)")
@@ -138,7 +238,15 @@ def main(argv=None) -> int:
     parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--data", default=None, help="a .data file: also time the data pipeline")
+    parser.add_argument("--darknet", default=None,
+                        help="a C Darknet binary: also time `darknet detector train` and `darkpy train` whole, "
+                             "side by side, on --cfg and --data")
+    parser.add_argument("--rounds", type=int, default=2, help="with --darknet: rounds of runs")
+    parser.add_argument("--short", type=int, default=3, help="with --darknet: iterations of the short runs "
+                                                             "(the long ones add --iterations)")
     args = parser.parse_args(argv)
+    if args.darknet and not args.data:
+        parser.error("--darknet needs --data (both trainers read the same dataset)")
     cfg = args.cfg or _default_cfg()
     device = torch.device(args.device)
     if args.threads:
@@ -160,6 +268,8 @@ def main(argv=None) -> int:
     if args.data:
         seconds = loader_seconds(args.data, cfg, args.size, args.batch, args.iterations)
         print(f"{'darkpy data':<16}{args.batch / seconds:>10.1f}{seconds:>14.3f}   (augmentation only, 1 process)")
+    if args.darknet:
+        compare_trainers(args, cfg)
     return 0
 
 

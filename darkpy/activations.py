@@ -3,7 +3,7 @@
 Each function takes and returns a tensor and is differentiable with autograd. Where Darknet's CPU and GPU code
 differ, darkpy follows the GPU (the correct) arithmetic; the difference is noted.
 """
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -133,7 +133,9 @@ ACTIVATIONS: Dict[str, Activation] = {
 CHANNEL_ACTIVATIONS = {"normalize_channels", "normalize_channels_softmax", "normalize_channels_softmax_maxval"}
 
 
-# In-place forms for inference on a tensor nothing else holds (saves a full copy per layer).
+# In-place forms for a tensor nothing else holds (saves a full copy per layer). In training their gradients read
+# the result instead of the input, which gives the same numbers: leaky and relu keep the sign, and the logistic's
+# backward reads its result anyway.
 _IN_PLACE: Dict[str, Activation] = {
     "logistic": torch.sigmoid_,
     "relu": torch.relu_,
@@ -143,9 +145,22 @@ _IN_PLACE: Dict[str, Activation] = {
 }
 
 
+# Activations oneDNN computes exactly as darkpy does (a select or a clamp: no rounding of its own), so that a CPU
+# convolution can apply them as a post-op (darkpy.layers.conv.PackedConv): the oneDNN name and its scalars.
+ONEDNN_POST_OPS: Dict[str, Tuple[str, List[float]]] = {
+    "linear": ("none", []),
+    "relu": ("relu", []),
+    "leaky": ("leaky_relu", [0.1]),
+    "revleaky": ("leaky_relu", [0.1]),
+    "relu6": ("hardtanh", [0.0, 6.0]),
+    "hardtan": ("hardtanh", [-1.0, 1.0]),
+}
+
+
 def activate_fresh(name: str, x: torch.Tensor) -> torch.Tensor:
-    """Apply activation `name` to a freshly computed tensor, in place when autograd does not need it."""
-    if name in _IN_PLACE and not (x.requires_grad and torch.is_grad_enabled()):
+    """Apply activation `name` to the output a convolution or batch norm has just computed (their backward does not
+    read it), in place where there is an in-place form."""
+    if name in _IN_PLACE:
         return _IN_PLACE[name](x)
     return ACTIVATIONS[name](x)
 

@@ -169,13 +169,12 @@ class Head(Layer):
         if output.ndim != 4 or anchors != len(self.mask) or entries != self.entries:
             raise ValueError(f"{self.type} head {self.index}: expected an output of shape "
                              f"({len(self.mask)}, {self.entries}, H, W), got {output.shape}")
-        # (A, E, H, W) -> (H*W*A, E): Darknet's detection order, cell by cell, anchors within a cell
-        flat = output.transpose(2, 3, 0, 1).reshape(rows * cols * anchors, entries)
-        row, col, anchor = (g.reshape(-1) for g in np.meshgrid(np.arange(rows), np.arange(cols),
-                                                                 np.arange(anchors), indexing="ij"))
-        if thresh is not None:
-            keep = flat[:, self.box_entries] > thresh
-            flat, col, row, anchor = flat[keep], col[keep], row[keep], anchor[keep]
+        # The kept cells in Darknet's detection order (cell by cell, anchors within a cell: C order of (H, W, A)),
+        # found on the objectness plane; only their entries are gathered (no copy of the whole output per image)
+        keep = np.ones((rows, cols, anchors), dtype=bool) if thresh is None else \
+            output[:, self.box_entries].transpose(1, 2, 0) > thresh
+        row, col, anchor = np.nonzero(keep)
+        flat = output[anchor, :, row, col]  # (N, E)
         return Cells(flat, col.astype(F32), row.astype(F32), self.anchor_array()[anchor], cols, rows)
 
     # ---- training ---------------------------------------------------------------------------------------------
@@ -275,9 +274,15 @@ def best_truth_per_cell(pred: np.ndarray, truths: np.ndarray, counts: np.ndarray
 
 def first_max_index(values: np.ndarray) -> int:
     """Darknet's `if (v > best) best = v` from 0: the first index of the largest positive value, else 0."""
+    values = np.asarray(values, dtype=np.float32)
+    return int(first_max_indices(values[None])[0]) if values.size else 0
+
+
+def first_max_indices(values: np.ndarray) -> np.ndarray:
+    """first_max_index of every row (along the last axis)."""
     values = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0)
-    best = int(np.argmax(values)) if values.size else 0
-    return best if values.size and values[best] > 0 else 0
+    best = values.argmax(axis=-1)
+    return np.where(np.take_along_axis(values, best[..., None], axis=-1)[..., 0] > 0, best, 0)
 
 
 def c_exp(v: float) -> float:

@@ -9,7 +9,7 @@ from darkpy.boxes import (F32, IOU_KINDS, NMS_KINDS, Box, BoxSet, box_giou, box_
                           dx_box_iou)
 from darkpy.cfg import Section
 from darkpy.heads.base import (COMMON_OPTIONS, Head, HeadLoss, LossError, TorchBoxes, as_box,
-                               best_truth_per_cell, c_exp, c_log, c_sqrt, class_probs, exp_scale, first_max_index,
+                               best_truth_per_cell, c_exp, c_log, c_sqrt, class_probs, exp_scale, first_max_indices,
                                valid_counts)
 from darkpy.layers.base import BuildContext, register
 
@@ -97,13 +97,14 @@ class YoloLayer(Head):
                             f"(6 values per box), got {truths.shape[-1]}")
         labels = np.full((truths.shape[0], len(self.mask), grid_wh[1], grid_wh[0]), -1, dtype=np.int64)
         class_ids = labels.copy()
-        anchors = self.anchor_array(every=True)
+        anchor_boxes = _anchor_boxes(self.anchor_array(every=True), *net_wh)
         for b, count in enumerate(valid_counts(truths)):
-            for truth in truths[b, :count]:
+            best, _ = _best_anchors(truths[b, :count], anchor_boxes)
+            for truth, best_n in zip(truths[b, :count], best):
                 class_id = int(truth[4])
                 if class_id < 0 or class_id >= self.classes:
                     continue
-                i, j, best_n, _, _ = _truth_cell_and_anchor(truth, anchors, *grid_wh, *net_wh)
+                i, j = _truth_cell(float(truth[0]), float(truth[1]), *grid_wh)
                 if best_n in self.mask:
                     labels[b, self.mask.index(best_n), j, i] = int(truth[5])
                     class_ids[b, self.mask.index(best_n), j, i] = class_id
@@ -125,7 +126,9 @@ class YoloLayer(Head):
 
     def activate(self, raw: torch.Tensor) -> torch.Tensor:
         """forward_yolo_layer: the logistic on x, y, objectness and classes, then scale_x_y on x, y."""
-        out = raw.clone()  # the raw tensor may be read by other layers: activate a copy
+        # the raw tensor may be read by other layers: activate a copy, in (B, A, E, H, W) order (from a channels_last
+        # convolution the slices below are then contiguous, and so is the array the decoding reads)
+        out = raw.clone(memory_format=torch.contiguous_format)
         if not self.new_coords:  # with new_coords the conv before already applied the logistic
             out[:, :, :2].sigmoid_()
             out[:, :, 4:].sigmoid_()
@@ -345,6 +348,7 @@ class _YoloImage:
         self.h, self.w = out.shape[3], out.shape[4]
         self.stats = stats
         self.anchors = head.anchor_array(every=True)  # best_n runs over every anchor of the cfg line
+        self.anchor_boxes = _anchor_boxes(self.anchors, net_w, net_h)
 
     # ---- get_yolo_box / delta_yolo_box ----
     def pred_box(self, n_mask: int, anchor: int, j: int, i: int) -> Box:
@@ -443,9 +447,14 @@ class _YoloImage:
         stats.count += 1
 
     def positives(self, truths: np.ndarray, count: int) -> None:
-        """The loop over truths of process_batch: best anchor over all anchors, then iou_thresh extras."""
+        """The loop over truths of process_batch: best anchor over all anchors, then iou_thresh extras. The
+        anchors are matched for all truths at once (the same float32 arithmetic as one by one); the assignments
+        stay a loop in Darknet's truth order, since a later truth overwrites an earlier one's deltas in a cell."""
         head = self.head
         self.tot_iou_loss = self.tot_giou_loss = 0.0
+        best, shapes = _best_anchors(truths[:count], self.anchor_boxes)
+        extras = box_iou_kind(self.anchor_boxes[None], shapes, head.iou_thresh_kind) > head.iou_thresh \
+            if head.iou_thresh < 1.0 else None
         for t in range(count):
             x, y, w, h = (float(v) for v in truths[t, :4])
             if x < 0 or y < 0 or x > 1 or y > 1 or w < 0 or h < 0:
@@ -453,34 +462,41 @@ class _YoloImage:
             class_id = int(truths[t, 4])
             if class_id < 0 or class_id >= head.classes:
                 continue
-            i, j, best_n, anchor_boxes, shape = _truth_cell_and_anchor(truths[t], self.anchors, self.w, self.h,
-                                                                       self.net_w, self.net_h)
-            truth = (x, y, w, h)
+            i, j = _truth_cell(x, y, self.w, self.h)
+            truth, best_n = (x, y, w, h), int(best[t])
             if best_n in head.mask:
                 self.assign(truth, class_id, head.mask.index(best_n), best_n, j, i)
-            if head.iou_thresh < 1.0:
-                extra = box_iou_kind(anchor_boxes, shape, head.iou_thresh_kind) > head.iou_thresh
-                for n in np.nonzero(extra)[0]:
+            if extras is not None:
+                for n in np.nonzero(extras[t])[0]:
                     if n != best_n and n in head.mask:
                         self.assign(truth, class_id, head.mask.index(int(n)), int(n), j, i)
         if head.iou_thresh < 1.0:
             _average_box_deltas(self.delta[self.b])
 
 
-def _truth_cell_and_anchor(truth: np.ndarray, anchors: np.ndarray, grid_w: int, grid_h: int, net_w: int,
-                           net_h: int) -> Tuple[int, int, int, np.ndarray, np.ndarray]:
-    """process_batch: the cell (i, j) of a truth's centre and its best anchor over every anchor of the cfg line
-    (IoU of the shapes alone), with the anchor boxes and the truth's shape for the iou_thresh extras."""
-    x, y, w, h = (float(v) for v in truth[:4])
-    # Darknet truncates x*w; x == 1.0 would index one cell past the row (a write into the next row's memory in C):
-    # darkpy uses the last cell instead.
+def _anchor_boxes(anchors: np.ndarray, net_w: int, net_h: int) -> np.ndarray:
+    """The anchors as boxes centred on 0, relative to the network (process_batch's anchor shapes)."""
+    boxes = np.zeros((len(anchors), 4), dtype=np.float32)
+    boxes[:, 2] = anchors[:, 0] / np.float32(net_w)
+    boxes[:, 3] = anchors[:, 1] / np.float32(net_h)
+    return boxes
+
+
+def _best_anchors(truths: np.ndarray, anchor_boxes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """process_batch: each truth's best anchor over every anchor of the cfg line (IoU of the shapes alone, the
+    first of equal ones), for all truths at once (the same float32 arithmetic as one by one); and the truths'
+    shapes centred on 0, (T, 1, 4), for the iou_thresh extras."""
+    shapes = np.zeros((len(truths), 1, 4), dtype=np.float32)
+    shapes[:, 0, 2:] = truths[:, 2:4]
+    return first_max_indices(box_iou(anchor_boxes[None], shapes)), shapes
+
+
+def _truth_cell(x: float, y: float, grid_w: int, grid_h: int) -> Tuple[int, int]:
+    """The cell (i, j) of a truth's centre. Darknet truncates x*w; x == 1.0 would index one cell past the row (a
+    write into the next row's memory in C): darkpy uses the last cell instead."""
     i = min(int(np.float32(x) * np.float32(grid_w)), grid_w - 1)
     j = min(int(np.float32(y) * np.float32(grid_h)), grid_h - 1)
-    shape = as_box((0.0, 0.0, w, h))
-    anchor_boxes = np.zeros((len(anchors), 4), dtype=np.float32)
-    anchor_boxes[:, 2] = anchors[:, 0] / np.float32(net_w)
-    anchor_boxes[:, 3] = anchors[:, 1] / np.float32(net_h)
-    return i, j, first_max_index(box_iou(anchor_boxes, shape)), anchor_boxes, shape
+    return i, j
 
 
 def _average_box_deltas(delta_b: np.ndarray) -> None:

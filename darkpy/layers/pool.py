@@ -85,8 +85,27 @@ class MaxPoolLayer(_WindowPool):
             groups = -(-c // self.out_channels)
             padded = F.pad(x, (0, 0, 0, 0, 0, groups * self.out_channels - c), value=-FLT_MAX)
             return padded.view(b, groups, self.out_channels, h, w).amax(dim=1)
-        y = self._max_pool(x)
+        y = self._taps_max(x) if self._taps_max_pays(x) else self._max_pool(x)
         return self.blur(y) if self.blur is not None else y
+
+    def _taps_max_pays(self, x) -> bool:
+        """In inference on channels_last input, a small unpadded window is faster as the elementwise maximum of
+        its shifted strided views (each reads whole pixels' channels) than as max_pool2d, which also computes
+        the argmax indices: 0.4 instead of 1.2 ms for 2x2/2 on 16x416x416 (one thread). Its gradient would
+        split ties, so training keeps max_pool2d."""
+        return self.size <= 3 and not any(self._pads()) and not (torch.is_grad_enabled() and x.requires_grad) \
+            and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+
+    def _taps_max(self, x):
+        (out_h, out_w), sy, sx = self.out_hw, self.stride_y, self.stride_x
+        taps = [x[..., dy:dy + (out_h - 1) * sy + 1:sy, dx:dx + (out_w - 1) * sx + 1:sx]
+                for dy in range(self.size) for dx in range(self.size)]
+        if len(taps) == 1:
+            return taps[0]
+        y = torch.maximum(taps[0], taps[1])
+        for tap in taps[2:]:
+            torch.maximum(y, tap, out=y)
+        return y
 
     def _max_pool(self, x):
         """Darknet's windows start at -left + i*stride. PyTorch's own padding (implicitly -inf, symmetric, at most
