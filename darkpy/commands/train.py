@@ -92,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
 def run_training(options: TrainOptions, command: str, gpus: Optional[List[int]] = None) -> int:
     """Train (detector or classifier, options.task) here, or on several GPUs in one process each; `command`
     names the command in messages."""
-    if gpus is None or "WORLD_SIZE" in os.environ:  # one process, or a worker of torchrun / of launch
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # a worker of torchrun or of launch
+        _exit_worker(_train(options, command))
+    if gpus is None:
         return _train(options, command)
     if len(gpus) == 1:
         options.device = f"cuda:{gpus[0]}"
@@ -120,7 +122,16 @@ def _multi_gpu_problem(gpus: List[int], device: str) -> Optional[str]:
 
 def train_worker(options: TrainOptions, command: str = "train") -> None:
     """One process of a run launched with several --gpus (distributed.launch): exits with the training's code."""
-    sys.exit(_train(options, command))
+    _exit_worker(_train(options, command))
+
+
+def _exit_worker(code: int) -> None:
+    """End a distributed worker once its snapshots are written and its output flushed, without the interpreter's
+    shutdown: there, a C++ thread of the process group's library can still be joinable and abort the process
+    ("terminate called without an active exception", exit 134), as seen now and then on the CPU with gloo."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _train(options: TrainOptions, command: str) -> int:
