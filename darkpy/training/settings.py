@@ -8,13 +8,9 @@ settings of [net] and of the last detection layer (`args.jitter = l.jitter`, `ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence
 
-from darkpy.cfg import Section, parse_cfg
-from darkpy.layers import LAYER_TYPES
-from darkpy.heads import Head
-from darkpy.heads.base import ATTRIBUTE_NAMES, COMMON_OPTIONS, read_options
+from darkpy.cfg import Section
 from darkpy.training.schedule import LearningRatePolicy, OptimizerSettings
 
 MIXUP_NONE, MIXUP_BLEND, MIXUP_MOSAIC = 0, 1, 3
@@ -135,30 +131,6 @@ class AugmentConfig:
             contrastive_jit_flip=bool(net.get_int("contrastive_jit_flip", 0)),
             contrastive_color=bool(net.get_int("contrastive_color", 0)),
         )
-
-    @classmethod
-    def from_sections(cls, sections: Sequence[Section]) -> "AugmentConfig":
-        """Settings from parsed cfg sections alone, without building the network (a cfg whose layers need not fit
-        together): [net] and the options of the last head section, read with Darknet's defaults."""
-        heads = [s for s in sections if isinstance(LAYER_TYPES.get(s.type), type)
-                 and issubclass(LAYER_TYPES[s.type], Head)]
-        if not heads:
-            raise sections[0].error("the cfg has no [yolo] or [region] layer to train")
-        return cls.from_net_and_head(sections[0], _HeadSection(heads[-1]))
-
-    @classmethod
-    def from_cfg(cls, path: Union[str, Path]) -> "AugmentConfig":
-        return cls.from_sections(parse_cfg(path))
-
-
-class _HeadSection:
-    """A head section's l.classes, l.jitter, l.resize, l.random, l.max_boxes with parse_yolo's defaults, for
-    AugmentConfig.from_sections (a built head has them as attributes)."""
-
-    def __init__(self, section: Section):
-        self.classes = section.get_int("classes", 20)
-        for key, value in read_options(section, COMMON_OPTIONS).items():
-            setattr(self, ATTRIBUTE_NAMES.get(key, key), value)
 
 
 def net_mixup_mode(net: Section) -> int:

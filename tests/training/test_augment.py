@@ -10,6 +10,7 @@ import torch
 from darkpy import training as A
 from darkpy.training import AugmentConfig, CropWindow, SampleKey, TileDraw
 from darkpy.cfg import parse_cfg_text
+from darkpy.model import Darknet
 from darkpy.data import (BAD_CLASS_ID, BAD_COLUMN_COUNT, BAD_COORDINATES, MISSING_IMAGE, MISSING_LABEL_FILE,
                          UNPARSABLE, DataProblems)
 from darkpy.image import load_image, to_float
@@ -334,16 +335,27 @@ def test_iteration_sampler_sizes_and_uniform_draws():
 
 # ------------------------------------------------------------------------------------------------ cfg
 
+def _augment_config(text: str) -> AugmentConfig:
+    """The settings build_training reads: [net] and the network's last detection head."""
+    sections = parse_cfg_text(text)
+    return AugmentConfig.from_net_and_head(sections[0], Darknet(sections).heads[-1])
+
+
+def _augment_config_of_file(path: Path) -> AugmentConfig:
+    return _augment_config(path.read_text())
+
+
 def test_config_from_cfg_reads_net_and_last_head():
     text = """[net]
 width=64
 height=64
+channels=3
 hue=.1
 saturation=1.5
 mosaic=1
 flip=0
 [convolutional]
-filters=18
+filters=6
 size=1
 [yolo]
 classes=1
@@ -352,7 +364,7 @@ mask=0
 anchors=1,1,2,2
 num=2
 [convolutional]
-filters=18
+filters=6
 size=1
 [yolo]
 classes=1
@@ -364,19 +376,19 @@ mask=1
 anchors=1,1,2,2
 num=2
 """
-    config = AugmentConfig.from_sections(parse_cfg_text(text))
+    config = _augment_config(text)
     assert (config.classes, config.jitter, config.resize, config.random, config.max_boxes) == (1, 0.3, 1.5, 1, 50)
     assert (config.hue, config.saturation, config.exposure, config.flip, config.mixup) == (0.1, 1.5, 1.0, False, 3)
-    cutmix = AugmentConfig.from_sections(parse_cfg_text(text.replace("mosaic=1", "cutmix=1")))
+    cutmix = _augment_config(text.replace("mosaic=1", "cutmix=1"))
     assert cutmix.mixup == 0  # cutmix is not supported for detectors
-    both = AugmentConfig.from_sections(parse_cfg_text(text.replace("mosaic=1", "mosaic=1\ncutmix=1")))
+    both = _augment_config(text.replace("mosaic=1", "mosaic=1\ncutmix=1"))
     assert both.mixup == 3
     with pytest.raises(ValueError, match="letter_box"):
-        AugmentConfig.from_sections(parse_cfg_text(text.replace("mosaic=1", "mosaic=1\nletter_box=1")))
+        _augment_config(text.replace("mosaic=1", "mosaic=1\nletter_box=1"))
 
 
 def test_shapes_cfg_settings():
-    config = AugmentConfig.from_cfg(Path(__file__).resolve().parents[2] / "cfg" / "shapes-prn.cfg")
+    config = _augment_config_of_file(Path(__file__).resolve().parents[2] / "cfg" / "shapes-prn.cfg")
     assert (config.classes, config.jitter, config.random, config.mixup, config.flip) == (5, 0.2, 0.0, 0, True)
 
 
