@@ -131,7 +131,13 @@ def loader_seconds(data: str, cfg: str, size: int, batch: int, iterations: int) 
 
     config = read_data_config(data)
     list_file = resolve_path(config.options.get("train", "data/train.txt"), config.path)
-    dataset = DetectionTrainSet(read_image_list(list_file), AugmentConfig.from_cfg(cfg), list_file=list_file)
+    from darkpy.cfg import parse_cfg
+    sections = parse_cfg(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        head = Darknet(sections, width=size, height=size).heads[-1]
+    augment = AugmentConfig.from_net_and_head(sections[0], head)
+    dataset = DetectionTrainSet(read_image_list(list_file), augment, list_file=list_file)
     sampler = IterationSampler(len(dataset), batch, size, size, max_batches=iterations + 1, seed=0)
     start = None
     for k, _ in enumerate(make_train_loader(dataset, sampler, num_workers=0)):
