@@ -6,14 +6,17 @@ summed, which equals Darknet's N nets with learning_rate*N whose weights are ave
 batch-norm statistics are averaged every 4 iterations. With one process every function here does nothing.
 """
 import multiprocessing
+import multiprocessing.connection
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 import torch
 
 BUFFER_SYNC_EVERY = 4  # Darknet's sync_nets interval, in iterations
+STOP_GRACE_SECONDS = 30.0  # launch: after a worker failed, how long the others may take to save and stop
 
 
 @dataclass
@@ -140,13 +143,31 @@ def _run_worker(worker: Callable[..., None], args: Sequence[object], environment
 
 
 def _wait_for(processes: List[multiprocessing.Process]) -> int:
-    """Wait for every process (also through Ctrl-C, which they handle themselves); their first failure's code."""
-    for process in processes:
-        while True:
-            try:
-                process.join()
-                break
-            except KeyboardInterrupt:
-                continue  # the workers got it too, and are saving their weights
-    codes = [process.exitcode for process in processes]
-    return next((code if code > 0 else 128 - code for code in codes if code), 0)
+    """Wait for every process (also through Ctrl-C, which they handle themselves); their first failure's code.
+    When one fails, the others are stopped as torchrun stops its workers — SIGTERM (they save `_last`), then
+    SIGKILL after STOP_GRACE_SECONDS — since they would wait for the failed one in their next collective until
+    gloo's or NCCL's timeout."""
+    running, first_failure, kill_at = list(processes), 0, None
+    while running:
+        timeout = None if kill_at is None else max(0.0, kill_at - time.monotonic())
+        try:
+            multiprocessing.connection.wait([process.sentinel for process in running], timeout)
+        except KeyboardInterrupt:
+            continue  # the workers got it too, and are saving their weights
+        for process in [p for p in running if p.exitcode is not None]:
+            running.remove(process)
+            if process.exitcode != 0 and not first_failure:
+                first_failure = _exit_code(process.exitcode)
+                kill_at = time.monotonic() + STOP_GRACE_SECONDS
+                for other in running:
+                    other.terminate()
+        if kill_at is not None and time.monotonic() >= kill_at:
+            for other in running:
+                other.kill()
+            kill_at = None  # their sentinels fire as they die
+    return first_failure
+
+
+def _exit_code(exitcode: int) -> int:
+    """A process's exit status as a shell gives it: 128 + N when signal N ended it."""
+    return exitcode if exitcode >= 0 else 128 - exitcode

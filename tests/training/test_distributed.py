@@ -61,3 +61,26 @@ def test_gpu_numbers_are_checked(capsys):
         with pytest.raises(SystemExit) as stopped:
             cli_main(["train", "--data", "x.data", "--cfg", "x.cfg", f"--gpus={wrong}"])
         assert stopped.value.code == 2 and f"{wrong!r}" in capsys.readouterr().err
+
+
+def _fail_or_hang(seconds: float, ignore_sigterm: bool) -> None:
+    """Rank 0 fails at once; the others hang, as a worker waiting in a collective for the failed one would."""
+    import signal
+    import time
+    if int(os.environ["RANK"]) == 0:
+        os._exit(3)
+    if ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(seconds)
+
+
+def test_a_failed_worker_stops_the_others(monkeypatch):
+    """As torchrun: the failure's code at once, the other workers terminated (killed after the grace period when
+    they do not stop), not left waiting for the failed one."""
+    import time
+    import darkpy.training.distributed as distributed
+    monkeypatch.setattr(distributed, "STOP_GRACE_SECONDS", 1.0)
+    for ignore_sigterm in (False, True):
+        started = time.monotonic()
+        assert launch(_fail_or_hang, (120.0, ignore_sigterm), world=2) == 3
+        assert time.monotonic() - started < 60
