@@ -17,7 +17,6 @@ from torch.utils.data import Dataset
 from darkpy.cfg import Section, parse_cfg
 from darkpy.data import DataConfig, DataProblems, read_data_config, read_image_list, resolve_path
 from darkpy.evaluation.inference import resolve_device
-
 from darkpy.training.classifier import ClassificationTrainSet, ClassifierAugment, ClassifierLoss
 from darkpy.training.loss import DarknetLoss
 from darkpy.model import Darknet

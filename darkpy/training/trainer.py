@@ -31,7 +31,7 @@ from darkpy.training.distributed import Distributed
 from darkpy.training.sampler import IterationSampler, multiscale_coef
 from darkpy.training.schedule import set_learning_rate
 from darkpy.training.settings import TrainOptions
-from darkpy.training.tasks import MapEvaluation, Schedule
+from darkpy.training.tasks import Schedule
 
 CHART_EVERY = 100  # chart.png every 100 iterations
 
@@ -170,11 +170,6 @@ class Trainer:
 
     def save(self, suffix: str, iteration: int):
         return self.snapshots.save(suffix, iteration)
-
-    def compute_map(self) -> float:
-        """A detector's mAP@0.5 on the valid list."""
-        evaluation = self.task.evaluation or MapEvaluation(self.options.data, self.problems)
-        return float(evaluation.result(self.model, self.device).mean_ap)
 
     def _loader(self) -> TrainBatches:
         sampler = IterationSampler(len(self.train_set), self.images_per_iteration, self.model.width,

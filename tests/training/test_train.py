@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
     cfg = write_cfg(root)
     out = io.StringIO()
     t = trainer(data, cfg, out=out, calc_map=True)
-    before = t.compute_map()
+    before = float(t.task.evaluation.result(t.model, t.device).mean_ap)  # -map's figure before training
     code = run_trainer(t)
     return root, data, cfg, t, out, before, code
 
