@@ -44,17 +44,19 @@ def project_file(path: str, fallback_to_repo: bool = True) -> str:
 
 
 def class_names(data: Optional[str], names: Optional[str], classes: int, cfg_path: str,
-                coco: bool = True) -> List[str]:
-    """The names of a .data file's names= or of a names file, which must have one name per class of the
-    network (as map requires); without either: the project's coco.names for an 80-class detector (`coco`),
-    else `class 0`, `class 1`... (COCO names on another network would label its boxes wrongly, silently)."""
+                detector: bool = True) -> List[str]:
+    """The names of a .data file's names= (a classifier's: else its labels=, as predict_classifier reads them) or
+    of a names file, which must have one name per class of the network (as map requires); without either: the
+    project's coco.names for an 80-class detector, else `class 0`, `class 1`... (COCO names on another network
+    would label its boxes wrongly, silently)."""
     if data:
-        names_path = read_data_config(data).resolve("names")
+        config = read_data_config(data)
+        names_path = config.resolve("names") or (None if detector else config.resolve("labels"))
         if names_path is None:
-            raise ValueError(f"{data}: the .data file has no names= line")
+            raise ValueError(f"{data}: the .data file has no names= line" + ("" if detector else " (nor labels=)"))
     elif names:
         names_path = names
-    elif coco and classes == COCO_CLASSES:
+    elif detector and classes == COCO_CLASSES:
         return read_names(project_file(DEFAULT_NAMES))
     else:
         return [f"class {i}" for i in range(classes)]
@@ -303,6 +305,6 @@ def load(cfg: Union[str, Path], weights: Optional[Union[str, Path]] = None, name
     ready_for_inference(model, device, half)
     if not model.heads:
         network = ClassifierNetwork(model)
-        return Classifier(network, class_names(data_path, names_path, network.classes, str(cfg), coco=False))
+        return Classifier(network, class_names(data_path, names_path, network.classes, str(cfg), detector=False))
     detector = Detector(model, device=None, half=half, letter_box=True if letter_box else None, batch_size=batch)
     return Network(detector, class_names(data_path, names_path, detector.classes, str(cfg)), thresh, hier, nms)

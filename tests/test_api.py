@@ -88,6 +88,11 @@ def test_a_classifier_gives_darknets_top_classes(tmp_path):
         assert [line.split(":")[0] for line in result.lines(5)] == [line.split(":")[0] for line in darknet]
         assert [p for _, p in result.top(5)] == pytest.approx([float(line.split()[1]) for line in darknet],
                                                                abs=1.5e-6)
+    # a classifier's .data file names its classes with labels= when it has no names= (predict_classifier)
+    data = tmp_path / "imagenet.data"
+    data.write_text(f"classes=1000\nlabels={names}\n")
+    by_labels = darkpy.load(folder / "cfg.cfg", weights, data=data, device="cpu")
+    assert by_labels(images[0]).lines(5) == classifier(images[0]).lines(5)
 
 
 def test_recurrent_network_carries_its_state_through_a_video_until_reset(tmp_path):
