@@ -136,6 +136,7 @@ class Trainer:
         self.state: Optional[RunState] = None  # the loop's state, from train() on
         setup = build_training(options, self.dist, self._print, self._echo if self.dist.main else None)
         self.device, self.workers, self.seed = setup.device, setup.workers, setup.seed
+        self.memory_format = setup.memory_format
         self._threads_before = setup.threads_before
         self.model, self.frozen_layers, self.start = setup.model, setup.frozen_layers, setup.start
         self.settings, self.start_iteration = setup.settings, setup.start_iteration
@@ -189,6 +190,7 @@ class Trainer:
         mb = self.mini_batch
         for s in range(self.subdivisions):
             x = images[s * mb:(s + 1) * mb].to(self.device, non_blocking=True)
+            x = x.contiguous(memory_format=self.memory_format)
             t = truths[s * mb:(s + 1) * mb]
             seen += mb  # train_network_datum: seen grows before the forward pass
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
