@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from darkpy.training.loss import DarknetLoss  # noqa: E402
 from darkpy.model import Darknet  # noqa: E402
+from darkpy.training.build import keep_freed_memory, training_memory_format  # noqa: E402
 from darkpy.training.schedule import OptimizerSettings, build_optimizer, set_learning_rate  # noqa: E402
 
 
@@ -80,10 +81,14 @@ def darkpy_step(cfg: str, size: int, batch: int, device: torch.device, amp: bool
         warnings.simplefilter("ignore")
         model = Darknet.from_cfg(cfg, width=size, height=size).to(device).train()
         loss = DarknetLoss(model.heads, warn=False)
+    if device.type == "cpu":  # what `darkpy train` sets up on the CPU (darkpy/training/build.py)
+        keep_freed_memory()
+    memory_format = training_memory_format(device)
+    model.to(memory_format=memory_format)
     settings = OptimizerSettings.from_net(model.net_section, batch)
     optimizer = build_optimizer(model.layers, settings)
     images, truths = synthetic_batch(batch, size, int(model.heads[-1].classes))
-    images = images.to(device)
+    images = images.to(device).contiguous(memory_format=memory_format)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
     def step():

@@ -123,7 +123,7 @@ def training_memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """glibc gives every freed block over 32 MB back to the system and maps it again at the next allocation, so
     the activations of a large batch (16x16x224x224 floats: 51 MB) page-fault afresh at every iteration: a
     quarter of the CPU time of a shapes-prn iteration. Serving all blocks from the heap and keeping freed memory
@@ -157,7 +157,7 @@ def _workers_and_threads(options: TrainOptions, device: torch.device, processes:
         raise TrainError(f"--workers must be 0 or more (got {workers})")
     if device.type != "cpu":
         return workers, None
-    _keep_freed_memory()
+    keep_freed_memory()
     threads_before = torch.get_num_threads()
     torch.set_num_threads(options.threads or max(1, cores // processes))
     return workers, threads_before
