@@ -4,6 +4,7 @@ from typing import List
 import torch
 from torch import nn
 
+from darkpy.activations import activate_fresh
 from darkpy.layers.base import BuildContext, Layer, register
 
 
@@ -135,7 +136,7 @@ class ShortcutLayer(Layer):
             if weights[k] is not None:
                 add = add * (weights[k] if weights[k].shape[1] == 1 else weights[k][:, :shared])
             out = out + add if shared == c else torch.cat([out[:, :shared] + add, out[:, shared:]], dim=1)
-        return self.activation(out)
+        return activate_fresh(self.activation_name, out)  # `out` is a new sum nothing else reads
 
     def darknet_arrays(self):
         return [] if self.weight is None else [self.weight]
