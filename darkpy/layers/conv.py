@@ -110,7 +110,8 @@ def channels_last_batch_moments(x: torch.Tensor):
     its variance is 1.4e-4 (relative) off, enough to change which input of a near-tied max-pool window is the
     largest (the train-steps parity, v2tiny-region at k = 5). Here the same memory, viewed as N*H rows of W*C
     values, gets torch's 2-D statistics per column (sums of N*H values), and the W columns of a channel are
-    combined in float64 (the law of total variance), at the cost of one pass over the tensor."""
+    combined in float64 (the law of total variance); it costs what torch's own statistics do, plus the 2-D batch
+    norm's output, which is not used."""
     n, c, h, w = x.shape
     rows = x.permute(0, 2, 3, 1).reshape(n * h, w * c)  # a view: channels_last memory is (N, H, W, C)
     _, column_mean, column_invstd = torch.native_batch_norm(rows, None, None, None, None, True, 0.0, 0.0)

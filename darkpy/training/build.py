@@ -70,6 +70,8 @@ def build_training(options: TrainOptions, dist: Distributed, say: Callable[[str]
     dist.start(options.device)
     device = _training_device(options.device, dist)
     workers, threads_before = _workers_and_threads(options, device, dist.world)
+    if device.type == "cpu":
+        keep_freed_memory()
     seed = dist.agreed_seed(options.seed, random.SystemRandom().randrange(2 ** 31))
     torch.manual_seed(seed)  # Darknet's random initialisation draws from here
     sections = parse_cfg(options.cfg)
@@ -100,9 +102,10 @@ def build_training(options: TrainOptions, dist: Distributed, say: Callable[[str]
     if amp and device.type != "cuda":
         raise TrainError("--amp needs a CUDA device (mixed precision on the CPU is slower and not supported)")
     return TrainingSetup(
-        device=device, memory_format=memory_format, workers=workers, threads_before=threads_before, seed=seed, model=model,
-        frozen_layers=frozen_layers, start=start, start_iteration=start.seen // settings.images_per_iteration,
-        settings=settings, backup=backup, task=task, train_set=task.train_set,
+        device=device, memory_format=memory_format, workers=workers, threads_before=threads_before, seed=seed,
+        model=model, frozen_layers=frozen_layers, start=start,
+        start_iteration=start.seen // settings.images_per_iteration, settings=settings, backup=backup, task=task,
+        train_set=task.train_set,
         save_every=data.get_positive_int("saveweights", task.save_every),
         save_last_every=data.get_positive_int("savelast", 100),
         loss=task.loss, optimizer=optimizer, ema=ema, amp=amp, scaler=torch.amp.GradScaler("cuda", enabled=amp))
@@ -125,8 +128,8 @@ def training_memory_format(device: torch.device) -> torch.memory_format:
 
 def keep_freed_memory() -> None:
     """glibc gives every freed block over 32 MB back to the system and maps it again at the next allocation, so
-    the activations of a large batch (16x16x224x224 floats: 51 MB) page-fault afresh at every iteration: a
-    quarter of the CPU time of a shapes-prn iteration. Serving all blocks from the heap and keeping freed memory
+    the activations of a large batch (16x16x224x224 floats: 51 MB) page-fault afresh at every iteration: about
+    a quarter of a shapes-prn iteration on the CPU. Serving all blocks from the heap and keeping freed memory
     there (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=1 GiB) reuses the same pages; the process keeps its peak memory
     instead of returning it between iterations. Nothing changes where the C library is not glibc or when the
     user set glibc's MALLOC_MMAP_MAX_ or MALLOC_TRIM_THRESHOLD_."""
@@ -157,7 +160,6 @@ def _workers_and_threads(options: TrainOptions, device: torch.device, processes:
         raise TrainError(f"--workers must be 0 or more (got {workers})")
     if device.type != "cpu":
         return workers, None
-    keep_freed_memory()
     threads_before = torch.get_num_threads()
     torch.set_num_threads(options.threads or max(1, cores // processes))
     return workers, threads_before
