@@ -114,9 +114,11 @@ def channels_last_batch_moments(x: torch.Tensor):
     norm's output, which is not used."""
     n, c, h, w = x.shape
     rows = x.permute(0, 2, 3, 1).reshape(n * h, w * c)  # a view: channels_last memory is (N, H, W, C)
-    _, column_mean, column_invstd = torch.native_batch_norm(rows, None, None, None, None, True, 0.0, 0.0)
+    _, column_mean, column_invstd = torch.native_batch_norm(rows, None, None, None, None, True, 0.0, BN_EPS)
     column_mean = column_mean.double().view(w, c)
-    column_var = column_invstd.double().pow(-2).view(w, c)  # eps 0: invstd = 1/sqrt(var)
+    # invstd = 1/sqrt(var + eps), to float32 rounding of var + eps, the sum the normalisation divides by; with eps 0
+    # torch would give invstd 0 for a constant column
+    column_var = (column_invstd.double().pow(-2) - BN_EPS).clamp(min=0).view(w, c)
     mean = column_mean.mean(0)
     return mean, (column_var + (column_mean - mean) ** 2).mean(0)
 

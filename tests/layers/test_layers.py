@@ -368,6 +368,13 @@ def test_channels_last_batch_moments_are_float32_exact():
     exact_var, exact_mean = torch.var_mean(x.double(), dim=(0, 2, 3), correction=0)
     assert ((mean - exact_mean) / exact_mean).abs().max() < 1e-6
     assert ((var - exact_var) / exact_var).abs().max() < 1e-6
+    # a constant channel (a filter that died) and a single image row: variance 0, not inf or nan
+    x[:, 3] = 0.25
+    mean, var = channels_last_batch_moments(x)
+    assert mean[3] == 0.25 and 0 <= var[3] < 1e-10
+    mean, var = channels_last_batch_moments(x[:1, :, :1])
+    exact_var, exact_mean = torch.var_mean(x[:1, :, :1].double(), dim=(0, 2, 3), correction=0)
+    assert torch.allclose(mean, exact_mean, rtol=1e-6) and torch.allclose(var, exact_var, rtol=1e-5, atol=1e-10)
 
 
 def test_implicit_output_needs_no_grad_under_inference_mode(tmp_path):
