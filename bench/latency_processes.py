@@ -1,7 +1,7 @@
 """darkpy against onnxruntime at several threads, each engine in a process of its own. Run by hand; prints a table.
 
     python bench/latency_processes.py [--models yolov3-tiny yolov3-tiny-prn yolov4-tiny] [--threads 2]
-                                      [--rounds 60] [--shared ../shared]
+                                      [--rounds 60] [--repeats 3] [--shared ../shared]
 
 bench/latency.py times every engine in one process, call by call; at two threads that is unfair both ways:
 PyTorch's OpenMP threads keep spinning for a while after each darkpy call (libgomp's default wait policy) and
@@ -10,6 +10,11 @@ instead. Here each engine runs alone: darkpy's default CPU path (`prepare_for_in
 it) once with OMP_WAIT_POLICY=PASSIVE — what the `darkpy` command sets unless the user set it — and once with
 libgomp's default (spinning), and onnxruntime on darkpy's ONNX export. Median milliseconds per image of `rounds`
 calls after 10 warm-up calls, batch 1, wall clock; the same weights as bench/latency.py.
+
+A shared machine's speed drifts over seconds (another tenant's load), which moves a single process's median by
+10-20 %. So the engines' processes take turns, `repeats` times each, and the table gives the median of each
+engine's process medians, with the range of the per-turn ratios (the spinning darkpy against the onnxruntime
+process of the same turn) to show how far the drift went.
 """
 import argparse
 import os
@@ -78,23 +83,29 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=416)
     parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=3, help="turns of the engines' processes per model")
     parser.add_argument("--shared", type=Path, default=latency.REPO.parent / "shared")
     args = parser.parse_args()
     import onnxruntime
     print(f"CPU, {args.threads} threads, batch 1, {args.size}x{args.size}, each engine in its own process: median "
-          f"ms per image ({args.rounds} calls; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; "
-          f"{os.cpu_count()} CPUs, load average {', '.join(f'{v:.1f}' for v in os.getloadavg())})")
-    print("| model | " + " | ".join(SETTINGS) + " | darkpy / onnxruntime (PASSIVE, spinning) |")
-    print("|---|" + "---|" * (len(SETTINGS) + 1))
+          f"ms per image ({args.rounds} calls, median of {args.repeats} processes taking turns; torch "
+          f"{torch.__version__}, onnxruntime {onnxruntime.__version__}; {os.cpu_count()} CPUs, load average "
+          f"{', '.join(f'{v:.1f}' for v in os.getloadavg())})")
+    print("| model | " + " | ".join(SETTINGS) + " | darkpy / onnxruntime (PASSIVE, spinning) "
+          "| spinning / onnxruntime per turn |")
+    print("|---|" + "---|" * (len(SETTINGS) + 2))
     with tempfile.TemporaryDirectory(prefix="darkpy-latency-") as tmp:
         for name in args.models:
             cfg = latency.find_cfg(name, args.shared)
             weights = latency.find_real_weights(name, args.shared) if name == "yolov3-tiny" else None
             weights = weights or latency.random_weights(cfg, args.size, Path(tmp) / f"{name}.weights")
-            ms = {column: in_process(engine, policy, cfg, weights, args)
-                  for column, (engine, policy) in SETTINGS.items()}
+            turns = [{column: in_process(engine, policy, cfg, weights, args)
+                      for column, (engine, policy) in SETTINGS.items()} for _ in range(max(1, args.repeats))]
+            ms = {column: statistics.median(turn[column] for turn in turns) for column in SETTINGS}
             ratios = f"{ms[PASSIVE] / ms[ORT]:.2f}x, {ms[SPINNING] / ms[ORT]:.2f}x"
-            print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in ms.values()) + f" | {ratios} |")
+            per_turn = [turn[SPINNING] / turn[ORT] for turn in turns]
+            print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in ms.values()) + f" | {ratios} "
+                  f"| {min(per_turn):.2f}-{max(per_turn):.2f}x |")
 
 
 if __name__ == "__main__":
