@@ -80,6 +80,25 @@ def random_weights(cfg: Path, size: int, out: Path) -> Path:
 
 # ============================================================================ engines: name -> one forward pass
 
+def load_model(cfg: Path, weights: Path, size: int, fuse: bool, channels_last: bool = False) -> Darknet:
+    """The network with its weights, in eval mode; batch norm folded and channels_last on request."""
+    model = build_model(cfg, size)
+    model.load_weights(weights)
+    model.eval()
+    if fuse:
+        model.fuse()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def inference_call(model, inp: torch.Tensor) -> Callable[[], object]:
+    def call():
+        with torch.inference_mode():
+            return model(inp)
+    return call
+
+
 def darkpy_engines(cfg: Path, weights: Path, size: int, image: np.ndarray, compile_too: bool,
                    log: Callable[[str], None]) -> Dict[str, Callable[[], object]]:
     """Each variant on its own model copy, so that they can be timed side by side."""
@@ -87,25 +106,12 @@ def darkpy_engines(cfg: Path, weights: Path, size: int, image: np.ndarray, compi
     engines: Dict[str, Callable[[], object]] = {}
 
     def load(fuse: bool, channels_last: bool = False) -> Darknet:
-        model = build_model(cfg, size)
-        model.load_weights(weights)
-        model.eval()
-        if fuse:
-            model.fuse()
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        return load_model(cfg, weights, size, fuse, channels_last)
 
     def no_grad_call(model):
         def call():
             with torch.no_grad():
                 return model(x)
-        return call
-
-    def inference_call(model, inp):
-        def call():
-            with torch.inference_mode():
-                return model(inp)
         return call
 
     engines["eager"] = no_grad_call(load(fuse=False))

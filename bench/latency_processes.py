@@ -43,17 +43,9 @@ def worker(engine: str, cfg: Path, weights: Path, size: int, threads: int, round
     image = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
     if engine == "onnxruntime":
         call = latency.onnxruntime_engine(cfg, weights, size, image, threads, Path(tempfile.mkdtemp()))
-    else:
-        model = latency.build_model(cfg, size)
-        model.load_weights(weights)
-        model.eval()
-        model.fuse()
-        model = latency.prepare_for_inference(model, "cpu")
-        x = torch.from_numpy(image).contiguous(memory_format=torch.channels_last)
-
-        def call():
-            with torch.inference_mode():
-                return model(x)
+    else:  # the default CPU path, as `darkpy detect` runs it
+        model = latency.prepare_for_inference(latency.load_model(cfg, weights, size, fuse=True), "cpu")
+        call = latency.inference_call(model, torch.from_numpy(image).contiguous(memory_format=torch.channels_last))
     for _ in range(WARMUP):
         call()
     times = []
