@@ -9,6 +9,7 @@ from torch import nn
 from darkpy.cfg import C_INT_MAX, Section, mark_net_options_read, parse_cfg, warn_unused
 from darkpy.heads import Head as _Head
 from darkpy.layers import LAYER_TYPES, UNSUPPORTED, BuildContext, Layer
+from darkpy.layers.route import ChannelParts
 from darkpy.weights import LoadReport, WeightsError, count_floats, load_weights, save_weights
 
 ModelOutput = Union[List[torch.Tensor], torch.Tensor]
@@ -128,7 +129,14 @@ class Darknet(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, outputs)
             outputs.append(x if keep_all or self._keep[i] else None)
+        if keep_all:  # a route's parts its max-pool read unjoined (inference, ChannelParts), joined for the caller
+            outputs = [o.joined() if isinstance(o, ChannelParts) else o for o in outputs]
         return outputs
+
+    def read_only_by_next_layer(self, index: int) -> bool:
+        """Whether layer `index`'s output is read by the layer after it alone (not a head or the network's
+        output, and listed in no later layer's inputs)."""
+        return not self._keep[index]
 
     def reset_state(self) -> "Darknet":
         """Forget the state of the recurrent layers ([crnn], [conv_lstm], [lstm]...), as before the first frame:

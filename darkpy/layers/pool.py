@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from darkpy.layers.base import BuildContext, Layer, register
 from darkpy.layers.conv import Antialias
+from darkpy.layers.route import ChannelParts, RouteLayer
 
 FLT_MAX = torch.finfo(torch.float32).max  # Darknet's out-of-image taps count as -FLT_MAX
 
@@ -77,6 +78,8 @@ class MaxPoolLayer(_WindowPool):
             self.out_shape = (c, *self.blur.out_hw)
 
     def forward(self, x, outputs):
+        if isinstance(x, ChannelParts):
+            return self._taps_max_of_parts(x)
         if self.depth:
             b, _, h, w = x.shape
             # The channel count from in_shape (a Python int), not x.shape: traced for ONNX, x.shape arithmetic
@@ -96,13 +99,31 @@ class MaxPoolLayer(_WindowPool):
         return self.size <= 3 and not any(self._pads()) and not (torch.is_grad_enabled() and x.requires_grad) \
             and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
 
-    def _taps_max(self, x):
+    def _taps_max(self, x, out=None):
         """The window's maximum taken along its rows, then along its columns: size-1 elementwise maxima each (the
         maximum is exact in any order), the first pass already shrinking the tensor by the vertical stride."""
         (out_h, out_w), sy, sx = self.out_hw, self.stride_y, self.stride_x
         rows = [x[..., dy:dy + (out_h - 1) * sy + 1:sy, :] for dy in range(self.size)]
         y = _elementwise_max(rows)
-        return _elementwise_max([y[..., dx:dx + (out_w - 1) * sx + 1:sx] for dx in range(self.size)])
+        return _elementwise_max([y[..., dx:dx + (out_w - 1) * sx + 1:sx] for dx in range(self.size)], out)
+
+    def takes_parts_of(self, route: RouteLayer) -> None:
+        """Let `route`, the layer before, hand this pool its parts unjoined in inference (ChannelParts) when this
+        pool computes its windows as maxima of strided views: at most 3x3, no padding, no maxpool_depth or
+        antialiasing."""
+        route.parts_to_pool = self.size <= 3 and not any(self._pads()) and not self.depth and self.blur is None
+
+    def _taps_max_of_parts(self, parts: ChannelParts) -> torch.Tensor:
+        """The pooled concatenation of `parts`: each part's maxima written into its channels of the output."""
+        first = parts[0]
+        out = torch.empty((first.shape[0], self.out_shape[0], *self.out_hw), dtype=first.dtype, device=first.device,
+                          memory_format=torch.channels_last)
+        start = 0
+        for part in parts:
+            stop = start + part.shape[1]
+            self._taps_max(part, out=out[:, start:stop])
+            start = stop
+        return out
 
     def _max_pool(self, x):
         """Darknet's windows start at -left + i*stride. PyTorch's own padding (implicitly -inf, symmetric, at most
@@ -122,10 +143,10 @@ class MaxPoolLayer(_WindowPool):
         return 0.0 if self.depth else super().bflops()
 
 
-def _elementwise_max(tensors):
+def _elementwise_max(tensors, out=None):
     if len(tensors) == 1:
-        return tensors[0]
-    y = torch.maximum(tensors[0], tensors[1])
+        return tensors[0] if out is None else out.copy_(tensors[0])
+    y = torch.maximum(tensors[0], tensors[1], out=out)
     for tensor in tensors[2:]:
         torch.maximum(y, tensor, out=y)
     return y

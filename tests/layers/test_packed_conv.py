@@ -10,6 +10,7 @@ import torch
 
 from darkpy.evaluation.inference import prepare_for_inference
 from darkpy.layers.conv import ConvLayer, PackedConv
+from darkpy.layers.route import ChannelParts
 from darkpy.model import Darknet
 
 pytestmark = pytest.mark.skipif(not PackedConv.available(), reason="this torch has no oneDNN fused convolution")
@@ -142,3 +143,94 @@ def test_a_traced_or_pickled_model_has_the_ordinary_operators(tmp_path):
     restored = pickle.loads(pickle.dumps(model))
     assert all(layer.packed is None for layer in restored.layers if isinstance(layer, ConvLayer))
     torch.testing.assert_close(outputs(restored, x)[-1], outputs(model, x)[-1], rtol=1e-6, atol=1e-6)
+
+
+# yolov4-tiny's pattern: a concatenating route read by the max-pool after it alone (layers 3, 4), and one that a
+# later layer reads too (layer 7, read by 8 and 9)
+POOLED_ROUTE_CFG = """[net]
+width=16
+height=16
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[route]
+layers=-1
+groups=2
+group_id=1
+
+[convolutional]
+batch_normalize=1
+filters=4
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[route]
+layers=-3,-1
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=6
+size=1
+stride=1
+pad=1
+activation=leaky
+
+[route]
+layers=-1,-2
+
+[maxpool]
+size=2
+stride=2
+
+[route]
+layers=-2
+"""
+
+
+def build_pooled_route(tmp_path):
+    path = tmp_path / "pooled-route.cfg"
+    path.write_text(POOLED_ROUTE_CFG)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Darknet.from_cfg(path).eval().fuse()
+
+
+def test_a_route_read_by_its_max_pool_alone_hands_it_the_parts_unjoined(tmp_path):
+    ordinary = build_pooled_route(tmp_path).to(memory_format=torch.channels_last)
+    fast = prepare_for_inference(build_pooled_route(tmp_path), "cpu")
+    assert fast.layers[3].parts_to_pool and not fast.layers[6].parts_to_pool  # layer 8 reads layer 6 too
+    x = torch.rand(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        handed = fast.layers[3](None, outputs(fast, x))
+        assert isinstance(handed, ChannelParts) and [p.shape[1] for p in handed] == [8, 4]
+        want, got = outputs(ordinary, x), outputs(fast, x)  # keep_all: the parts joined for the caller
+    for index, (a, b) in enumerate(zip(want, got)):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6, msg=lambda m: f"layer {index}: {m}")
+    # the max-pool of the parts is that of the concatenation, bit for bit, written channels_last
+    pooled = fast.layers[4]._taps_max_of_parts(ChannelParts([got[0], got[2]]))
+    assert torch.equal(pooled, fast.layers[4]._max_pool(torch.cat([got[0], got[2]], dim=1)))
+    assert pooled.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_route_joins_its_parts_when_gradients_are_wanted(tmp_path):
+    model = prepare_for_inference(build_pooled_route(tmp_path), "cpu")
+    x = torch.rand(1, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    model.train()
+    outputs_with_grad = model.forward_layers(x, keep_all=False)
+    assert isinstance(outputs_with_grad[4], torch.Tensor)
+    outputs_with_grad[-1].sum().backward()  # the ordinary route and max_pool2d ran
+    assert model.layers[0].weight.grad is not None
