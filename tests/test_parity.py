@@ -14,6 +14,7 @@ import torch
 
 from conftest import DARKNET_CFG, LOCAL_FIXTURES, ORACLE, require
 from darkpy.boxes import get_network_boxes
+from darkpy.commands.common import ready_for_inference
 from darkpy.model import Darknet
 from oracle_utils import close_to_darknet, fixture_dirs, layer_stats_close, make_weights
 
@@ -84,3 +85,26 @@ def test_fixture_matches_darknet(fixture, tmp_path):
     if not heads:
         assert "final" in arrays.files
 
+
+
+@pytest.mark.skipif(not FIXTURES, reason=f"no oracle fixtures in {ORACLE} (set DARKPY_ORACLE_DIR or add ../shared)")
+@pytest.mark.parametrize("fixture", FIXTURES, ids=[f.name for f in FIXTURES])
+def test_the_inference_path_of_the_commands_matches_darknet(fixture, tmp_path):
+    """What `darkpy detect`, `map` and `classifier` run (batch norm folded, channels_last, on the CPU the packed
+    convolutions, the strided-view max-pools and the concatenations pooled unjoined) gives Darknet's head and final
+    outputs too."""
+    summary = json.loads((fixture / "summary.json").read_text())
+    model = build(fixture, summary)
+    model.load_weights(make_weights(require(ORACLE), fixture, tmp_path / "w.weights"))
+    model = ready_for_inference(model, "cpu")
+    x = torch.from_numpy(np.load(fixture / "input.npy"))[None].contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        outputs = model(x)
+    arrays = np.load(fixture / "outputs.npz")
+    compared = {f"L{head.index}": out for head, out in zip(model.heads, outputs)} if model.heads \
+        else {"final": outputs}
+    compared = {key: out for key, out in compared.items() if key in arrays.files}
+    assert compared, f"{fixture.name}: Darknet's outputs hold neither a head's nor the final layer's"
+    for key, out in compared.items():
+        ours = out[0].numpy().reshape(arrays[key].shape)
+        assert close_to_darknet(ours, arrays[key]), f"{key}: max diff {np.abs(ours - arrays[key]).max():.3g}"
