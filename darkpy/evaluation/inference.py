@@ -25,7 +25,6 @@ from darkpy.data import DataError, read_image_list, resolve_path
 from darkpy.image import ImageError, load_image, network_input
 from darkpy.layers.conv import ConvLayer
 from darkpy.layers.pool import MaxPoolLayer
-from darkpy.layers.route import RouteLayer
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
                     ".jp2", ".jpe", ".sr", ".ras", ".exr", ".hdr", ".pic"}
@@ -62,8 +61,9 @@ def prepare_for_inference(model: nn.Module, device: Union[str, torch.device] = "
     memory format (oneDNN's convolutions and max-pools run in NHWC, about twice as fast on the CPU,
     docs/latency.md; the numbers are the same up to float rounding) and, when `half` and on CUDA, float16. On
     the CPU its folded convolutions are packed for oneDNN (ConvLayer.pack_for_cpu: weights reordered once,
-    activation fused; the same numbers as unpacked), and a concatenating [route] read by the [maxpool] after it
-    alone hands that pool its parts unjoined (ChannelParts: the same numbers, one pass less)."""
+    activation fused; the same numbers as unpacked), and a [maxpool] that alone reads the layer before it is told
+    so (MaxPoolLayer.reads_alone: a concatenation's parts pooled unjoined, a convolution's output overwritten;
+    the same numbers, less memory traffic)."""
     resolved = resolve_device(device)
     model.to(resolved, memory_format=torch.channels_last)
     if half and resolved.type == "cuda":
@@ -72,10 +72,9 @@ def prepare_for_inference(model: nn.Module, device: Union[str, torch.device] = "
         for layer in model.modules():
             if isinstance(layer, ConvLayer):
                 layer.pack_for_cpu()
-        for route, pool in zip(model.layers, model.layers[1:]):
-            if isinstance(route, RouteLayer) and isinstance(pool, MaxPoolLayer) and \
-                    model.read_only_by_next_layer(route.index):
-                pool.takes_parts_of(route)
+        for before, pool in zip(model.layers, model.layers[1:]):
+            if isinstance(pool, MaxPoolLayer) and model.read_only_by_next_layer(before.index):
+                pool.reads_alone(before)
     return model
 
 

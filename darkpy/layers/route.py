@@ -52,7 +52,7 @@ class RouteLayer(Layer):
         self.slices = [(c // self.groups * self.group_id, c // self.groups * (self.group_id + 1))
                        for c, _, _ in shapes]
         self.out_shape = (sum(b - a for a, b in self.slices), h, w)
-        self.parts_to_pool = False  # hand the next layer, a max-pool, the parts unjoined (ChannelParts)
+        self.parts_to_pool = False  # hand the next layer, a max-pool, the parts unjoined (MaxPoolLayer.reads_alone)
 
     def forward(self, x, outputs):
         parts = [outputs[i][:, a:b] for i, (a, b) in zip(self.inputs, self.slices)]

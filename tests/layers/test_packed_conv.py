@@ -213,6 +213,7 @@ def test_a_route_read_by_its_max_pool_alone_hands_it_the_parts_unjoined(tmp_path
     ordinary = build_pooled_route(tmp_path).to(memory_format=torch.channels_last)
     fast = prepare_for_inference(build_pooled_route(tmp_path), "cpu")
     assert fast.layers[3].parts_to_pool and not fast.layers[6].parts_to_pool  # layer 8 reads layer 6 too
+    assert not fast.layers[4].rows_in_place  # its input is the parts, views of layers 0 and 2
     x = torch.rand(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         handed = fast.layers[3](None, outputs(fast, x))
@@ -234,3 +235,21 @@ def test_a_route_joins_its_parts_when_gradients_are_wanted(tmp_path):
     assert isinstance(outputs_with_grad[4], torch.Tensor)
     outputs_with_grad[-1].sum().backward()  # the ordinary route and max_pool2d ran
     assert model.layers[0].weight.grad is not None
+
+
+def test_a_pool_overwrites_a_convolution_output_only_when_the_model_dropped_it(tmp_path):
+    fast = prepare_for_inference(build(tmp_path), "cpu")
+    pool = fast.layers[1]
+    assert pool.rows_in_place and not fast.layers[4].rows_in_place  # 3x3/2 windows overlap: never in place
+    x = torch.rand(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        conv_output = fast.layers[0](x, [])
+        original = conv_output.clone()
+        held = pool(original, [original])  # the model holds the output (keep_all, or a later layer reads it)
+        assert torch.equal(original, conv_output)
+        dropped = pool(conv_output, [None])
+        assert not torch.equal(conv_output, original)  # its rows took the first pass's maxima
+    assert torch.equal(dropped, held) and torch.equal(held, pool._max_pool(original))
+    ordinary = build(tmp_path).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), ordinary(x), rtol=1e-6, atol=1e-6)
