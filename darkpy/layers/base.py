@@ -14,6 +14,13 @@ Shape = Tuple[int, int, int]  # (channels, height, width) of one image, as Darkn
 LAYER_TYPES: Dict[str, Type["Layer"]] = {}
 
 
+def untraced_inference() -> bool:
+    """No gradient is being recorded and no trace (ONNX, TorchScript) is being taken: the inference-only
+    arrangements of the fast CPU path (packed convolutions, a route's parts pooled unjoined, a max-pool overwriting
+    its input) may run; otherwise the ordinary operators do."""
+    return not torch.is_grad_enabled() and not torch.jit.is_tracing()
+
+
 def register(*section_types: str) -> Callable[[Type["Layer"]], Type["Layer"]]:
     """Class decorator: build this layer for these (alias-resolved) section types."""
 

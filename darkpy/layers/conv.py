@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from darkpy.activations import ONEDNN_POST_OPS, activate_fresh
-from darkpy.layers.base import BuildContext, Layer, register
+from darkpy.layers.base import BuildContext, Layer, register, untraced_inference
 
 BN_EPS = 1e-5  # Darknet's batch norm epsilon (.00001f)
 GPU_ROLLING_FACTOR = 0.01  # cuDNN exponentialAverageFactor in forward_batchnorm_layer_gpu
@@ -68,8 +68,8 @@ class PackedConv:
     def matches(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
         """Usable for this call: a float32 CPU input, no gradient wanted, the weights those packed, not traced
         (an ONNX or TorchScript trace records the ordinary operators)."""
-        return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-                and (weight.data_ptr(), weight._version) == self.source and not torch.jit.is_tracing())
+        return (x.device.type == "cpu" and x.dtype == torch.float32 and untraced_inference()
+                and (weight.data_ptr(), weight._version) == self.source)
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._convolution_pointwise(x, self.weight, bias.detach(), self.padding, self.stride,

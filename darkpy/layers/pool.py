@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from darkpy.layers.base import BuildContext, Layer, register
+from darkpy.layers.base import BuildContext, Layer, register, untraced_inference
 from darkpy.layers.conv import Antialias, ConvLayer
 from darkpy.layers.route import ChannelParts, RouteLayer
 
@@ -107,7 +107,8 @@ class MaxPoolLayer(_WindowPool):
         """The window's maximum taken along its rows, then along its columns: size-1 elementwise maxima each (the
         maximum is exact in any order), the first pass already shrinking the tensor by the vertical stride. With
         rows_in_place the first pass writes into the first row of each window in x, which nothing reads any more:
-        memory just read and still in the cache, where a new tensor's is not (about 1 % of yolov3-tiny's time)."""
+        memory just read and still in the cache, where a new tensor's is not (1–2 % of yolov3-tiny's time at two
+        threads, docs/latency.md)."""
         (out_h, out_w), sy, sx = self.out_hw, self.stride_y, self.stride_x
         rows = [x[..., dy:dy + (out_h - 1) * sy + 1:sy, :] for dy in range(self.size)]
         y = _elementwise_max(rows, out=rows[0] if rows_in_place else None)
@@ -158,7 +159,7 @@ def _dropped_by_the_model(outputs) -> bool:
     """Whether the previous layer's output may be overwritten: Darknet.forward_layers stored None for it (no later
     layer reads it and the caller did not ask for every layer's output), and no gradient or trace records the
     operations on it."""
-    return bool(outputs) and outputs[-1] is None and not torch.is_grad_enabled() and not torch.jit.is_tracing()
+    return bool(outputs) and outputs[-1] is None and untraced_inference()
 
 
 def _elementwise_max(tensors, out=None):

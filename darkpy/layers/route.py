@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from darkpy.activations import activate_fresh
-from darkpy.layers.base import BuildContext, Layer, register
+from darkpy.layers.base import BuildContext, Layer, register, untraced_inference
 
 
 def _layer_list(section, ctx: BuildContext, key: str) -> List[int]:
@@ -60,7 +60,7 @@ class RouteLayer(Layer):
             return parts[0]
         # the pool's strided-view maxima have no gradient that splits ties as max_pool2d's, and a trace records
         # the ordinary operators
-        if self.parts_to_pool and not torch.is_grad_enabled() and not torch.jit.is_tracing():
+        if self.parts_to_pool and untraced_inference():
             return ChannelParts(parts)
         return torch.cat(parts, dim=1)
 
