@@ -76,9 +76,9 @@ activation=linear
 """
 
 
-def build(tmp_path, seed=0):
+def build(tmp_path, seed=0, cfg=CFG):
     path = tmp_path / "packed.cfg"
-    path.write_text(CFG)
+    path.write_text(cfg)
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -200,18 +200,9 @@ layers=-2
 """
 
 
-def build_pooled_route(tmp_path):
-    path = tmp_path / "pooled-route.cfg"
-    path.write_text(POOLED_ROUTE_CFG)
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Darknet.from_cfg(path).eval().fuse()
-
-
 def test_a_route_read_by_its_max_pool_alone_hands_it_the_parts_unjoined(tmp_path):
-    ordinary = build_pooled_route(tmp_path).to(memory_format=torch.channels_last)
-    fast = prepare_for_inference(build_pooled_route(tmp_path), "cpu")
+    ordinary = build(tmp_path, cfg=POOLED_ROUTE_CFG).to(memory_format=torch.channels_last)
+    fast = prepare_for_inference(build(tmp_path, cfg=POOLED_ROUTE_CFG), "cpu")
     assert fast.layers[3].parts_to_pool and not fast.layers[6].parts_to_pool  # layer 8 reads layer 6 too
     assert not fast.layers[4].rows_in_place  # its input is the parts, views of layers 0 and 2
     x = torch.rand(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
@@ -228,7 +219,7 @@ def test_a_route_read_by_its_max_pool_alone_hands_it_the_parts_unjoined(tmp_path
 
 
 def test_a_route_joins_its_parts_when_gradients_are_wanted(tmp_path):
-    model = prepare_for_inference(build_pooled_route(tmp_path), "cpu")
+    model = prepare_for_inference(build(tmp_path, cfg=POOLED_ROUTE_CFG), "cpu")
     x = torch.rand(1, 3, 16, 16).contiguous(memory_format=torch.channels_last)
     model.train()
     outputs_with_grad = model.forward_layers(x, keep_all=False)
