@@ -7,7 +7,8 @@ Run by hand (it is not a test):
 
 Both pipelines read every image from disk, run the network at --size and do their NMS; the images are the
 files of --images cycled up to --count. darkpy: image reading and Darknet's resize in a background thread
-(darkpy.evaluation.inference.iterate_frames), batched forward, Darknet's decoding and do_nms_sort. OpenCV:
+(darkpy.evaluation.inference.iterate_frames), batched forward (--backend, as `darkpy detect`: onnxruntime when
+installed, else torch), Darknet's decoding and do_nms_sort. OpenCV:
 cv2.dnn.readNetFromDarknet, imread, blobFromImage (cv::resize, not Darknet's resize), forward, per-class
 NMSBoxes. Prints a table with images/s and the ratio darkpy / OpenCV.
 """
@@ -30,8 +31,8 @@ from darkpy.evaluation.inference import (  # noqa: E402
     Source,
     batched,
     iterate_frames,
-    prepare_for_inference,
 )
+from darkpy.commands.common import add_backend, ready_for_inference  # noqa: E402
 from darkpy.model import Darknet  # noqa: E402
 
 
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=416)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--device", default="cpu")
+    add_backend(parser)  # as `darkpy detect`: onnxruntime by default when installed
     parser.add_argument("--thresh", type=float, default=0.25)
     parser.add_argument("--nms", type=float, default=0.45)
     args = parser.parse_args()
@@ -99,18 +101,18 @@ def main() -> None:
 
     model = Darknet.from_cfg(args.cfg, width=args.size, height=args.size)
     model.load_weights(args.weights)
-    model.fuse().eval()
-    prepare_for_inference(model, args.device)  # channels_last on the device, as `darkpy detect` runs it
+    runtime = ready_for_inference(model, args.device, backend=args.backend)  # as `darkpy detect` sets it up
     rows = []
     opencv_seconds = run_opencv(args.cfg, args.weights, paths, args.size, args.thresh, args.nms)
     rows.append(("OpenCV DNN", 1, opencv_seconds))
     for batch in args.batch:
-        detector = Detector(model, device=None, batch_size=batch)
+        detector = Detector(model, device=None, batch_size=batch, runtime=runtime)
         run_darkpy(detector, paths[:batch], args.thresh, args.nms)  # warm-up
         rows.append(("darkpy", batch, run_darkpy(detector, paths, args.thresh, args.nms)))
 
     print(f"{len(paths)} images from {args.images}, {Path(args.cfg).name} at {args.size}x{args.size}, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads) on {args.device}, "
+          f"darkpy on {'onnxruntime' if runtime else 'torch ' + torch.__version__} ({torch.get_num_threads()} "
+          f"threads) on {args.device}, "
           f"OpenCV {cv2.__version__} ({cv2.getNumThreads()} threads) on the CPU")
     print("| pipeline   | batch | seconds | images/s | vs OpenCV |")
     print("|------------|------:|--------:|---------:|----------:|")

@@ -6,8 +6,10 @@ run. Run by hand; prints a table (and, with a CUDA device, darkpy's CUDA figures
                             [--rounds 40] [--no-compile] [--shared ../shared] [--clock wall|thread]
                             [--statistic median|min]
 
-The last column is darkpy's default CPU path (+packed: what `darkpy detect` and `darkpy map` run) over
-onnxruntime's time, then the best darkpy variant's.
+With onnxruntime installed, `darkpy detect`, `map` and `valid` run the network through it by default
+(`--backend auto`, darkpy/evaluation/onnx_backend.py): the column `backend` is that path, the cached export opened
+as the commands open it. The last column is that default path over onnxruntime's time (onnxruntime on the same
+export, opened here), then darkpy's torch path's (+packed: `--backend torch`) and the best torch variant's.
 
 yolov3-tiny runs with the original COCO weights (weights/ or ../shared/weights); the others with random weights
 (batch-norm statistics set to mean 0, variance 1 so that values stay finite), written to a temporary .weights
@@ -40,7 +42,8 @@ OPENCV_ELSEWHERE_MS = {"yolov3-tiny": 30.0, "yolov3-tiny-prn": 36.0, "yolov4-tin
 # "+packed" (oneDNN weights reordered once, activation fused: prepare_for_inference) is darkpy's default CPU path,
 # what `darkpy detect` and `darkpy map` run.
 VARIANTS = ("eager", "+fuse", "+inference_mode", "+channels_last", "+packed", "torchscript", "compile")
-DEFAULT_VARIANT = "+packed"
+DEFAULT_VARIANT = "+packed"  # the torch path of the commands (`--backend torch`)
+BACKEND = "backend"  # the commands' default with onnxruntime installed (`--backend auto`)
 STATISTICS = {"median": statistics.median, "min": min}
 
 
@@ -195,6 +198,19 @@ def onnxruntime_engine(cfg: Path, weights: Path, size: int, image: np.ndarray, t
     return call
 
 
+def backend_engine(cfg: Path, weights: Path, size: int, image: np.ndarray) -> Optional[Callable[[], object]]:
+    """What `darkpy detect` runs with onnxruntime installed: the commands' set-up (ready_for_inference, --backend
+    onnxruntime; the export cached in DARKPY_CACHE_DIR), then Detector.forward's call."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    from darkpy.commands.common import ready_for_inference
+
+    runtime = ready_for_inference(load_model(cfg, weights, size, fuse=False), "cpu", backend="onnxruntime")
+    return lambda: runtime(image)
+
+
 # ============================================================================ timing
 
 def interleaved_medians(engines: Dict[str, Callable[[], object]], rounds: int, warmup: int,
@@ -228,6 +244,7 @@ def cpu_table(models: List[str], args, log: Callable[[str], None]) -> List[Dict[
             ort = onnxruntime_engine(cfg, weights, args.size, image, args.threads, Path(tmp))
             if ort is not None:
                 engines["onnxruntime"] = ort
+                engines[BACKEND] = backend_engine(cfg, weights, args.size, image)
             clock = time.thread_time if args.clock == "thread" else time.perf_counter
             medians = interleaved_medians(engines, args.rounds, args.warmup, clock, STATISTICS[args.statistic])
             medians["model"] = name
@@ -238,7 +255,7 @@ def cpu_table(models: List[str], args, log: Callable[[str], None]) -> List[Dict[
 def print_cpu_table(rows: List[Dict[str, float]], args) -> None:
     columns = ["OpenCV"] + [v for v in VARIANTS if any(v in r for r in rows)]
     if any("onnxruntime" in r for r in rows):
-        columns.append("onnxruntime")
+        columns += ["onnxruntime", BACKEND]
     import cv2
 
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -254,8 +271,9 @@ def print_cpu_table(rows: List[Dict[str, float]], args) -> None:
         darkpy = {v: row[v] for v in VARIANTS if v in row}
         best = min(darkpy, key=darkpy.get)
         cells.append(f"{darkpy[best] / row['OpenCV']:.2f}x ({best})")
-        if "onnxruntime" in row:  # the default path (detect, map), then the best variant
-            cells.append(f"{row[DEFAULT_VARIANT] / row['onnxruntime']:.2f}x ({DEFAULT_VARIANT}), "
+        if "onnxruntime" in row:  # the default path (detect, map), the torch path, the best torch variant
+            cells.append(f"{row[BACKEND] / row['onnxruntime']:.2f}x ({BACKEND}), "
+                         f"{row[DEFAULT_VARIANT] / row['onnxruntime']:.2f}x ({DEFAULT_VARIANT}), "
                          f"{darkpy[best] / row['onnxruntime']:.2f}x ({best})")
         print(f"| {row['model']} | {' | '.join(cells)} |")
     print("\nOpenCV measured elsewhere (issue): " +
@@ -326,6 +344,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shared", type=Path,
                         default=Path(os.environ.get("DARKPY_SHARED_DIR", REPO.parent / "shared")))
     args = parser.parse_args(argv)
+    os.environ["DARKPY_CACHE_DIR"] = tempfile.mkdtemp(prefix="darkpy-latency-cache-")  # a fresh export each run
     if args.clock == "thread" and args.threads != 1:
         parser.error("--clock thread measures one thread: use it with --threads 1")
 

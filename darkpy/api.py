@@ -294,17 +294,21 @@ class Classifier:
 def load(cfg: Union[str, Path], weights: Optional[Union[str, Path]] = None, names: Optional[Union[str, Path]] = None,
          data: Optional[Union[str, Path]] = None, device: str = "auto", thresh: float = 0.25, hier: float = 0.5,
          nms: float = 0.45, letter_box: bool = False, batch: int = 4, width: Optional[int] = None,
-         height: Optional[int] = None, half: bool = False, allow_partial: bool = False) -> Union[Network, Classifier]:
+         height: Optional[int] = None, half: bool = False, allow_partial: bool = False,
+         backend: str = "auto") -> Union[Network, Classifier]:
     """A Darknet network ready to detect — or, for a classifier cfg (no detection layer), to classify: `names`
     (one per line) or `data` (a .data file's names=) must have one name per class; without either, coco.names
     for an 80-class detector, else `class 0`, `class 1`... letter_box=True letterboxes as Darknet's
     -letter_box (the cfg's [net] letter_box=1 does too). width/height resize the network, half runs float16 on
-    CUDA, allow_partial accepts a partial weights file (*.conv.N). `darkpy detect` loads its network here."""
+    CUDA, allow_partial accepts a partial weights file (*.conv.N). backend: what runs a detector's forward pass
+    on the CPU, "auto" (onnxruntime when installed, else torch), "torch" or "onnxruntime"
+    (darkpy/evaluation/onnx_backend.py); a classifier runs on torch. `darkpy detect` loads its network here."""
     data_path, names_path = (str(data) if data else None), (str(names) if names else None)
     model = load_model(str(cfg), str(weights) if weights else None, width, height, allow_partial=allow_partial)
-    ready_for_inference(model, device, half)
+    runtime = ready_for_inference(model, device, half, backend)
     if not model.heads:
         network = ClassifierNetwork(model)
         return Classifier(network, class_names(data_path, names_path, network.classes, str(cfg), detector=False))
-    detector = Detector(model, device=None, half=half, letter_box=True if letter_box else None, batch_size=batch)
+    detector = Detector(model, device=None, half=half, letter_box=True if letter_box else None, batch_size=batch,
+                        runtime=runtime)
     return Network(detector, class_names(data_path, names_path, detector.classes, str(cfg)), thresh, hier, nms)

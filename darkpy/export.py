@@ -245,7 +245,7 @@ def find_layer_problems(model: nn.Module, opset: int = DEFAULT_OPSET, compare: b
             problems.append(LayerProblem(layer.index, layer.type, location, _export_reason(exc)))
         else:
             if runtime is not None:
-                session = runtime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+                session = onnxruntime_session(buffer.getvalue())
                 feeds = dict(zip(names, (a.detach().numpy() for a in args)))
                 got = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0]
                 if not _close(got, out.detach().numpy()):
@@ -271,6 +271,27 @@ def onnxruntime_or_none():
     except ImportError:
         return None
     return onnxruntime
+
+
+def onnxruntime_session(model_file: Union[str, bytes], threads: Optional[int] = None):
+    """An onnxruntime session on the CPU for an ONNX file (or its bytes), with `threads` intra-op threads
+    (None: onnxruntime's default). Its warnings are not printed: where a shape is symbolic (the dynamic batch)
+    onnxruntime logs each output whose inferred shape it could not check, on every run. Its threads wait as
+    OMP_WAIT_POLICY tells PyTorch's to: with PASSIVE (what the `darkpy` command sets unless the user set another)
+    they sleep between operators instead of spinning. At two threads with another process busy on one of the
+    two cores, spinning made the tiny models 1.3-1.5x slower; on a quiet machine it is 5-11 % faster
+    (docs/latency.md)."""
+    runtime = onnxruntime_or_none()
+    if runtime is None:
+        raise ImportError(f"onnxruntime is not installed ({INSTALL_HINT})")
+    options = runtime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    passive = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0" if passive else "1")
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return runtime.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
 
 
 def _add_metadata(path: Path, model: nn.Module, decode: bool) -> None:
@@ -327,12 +348,14 @@ def verify_onnx(model: nn.Module, path: Union[str, Path], decode: bool = False, 
     """Run the ONNX file with onnxruntime and darkpy on the same random images; returns, per output, the largest
     difference relative to darkpy's largest value. Raises ExportError when one exceeds the oracle's tolerance
     (1e-4 relative), naming the layers that differ. Needs onnxruntime."""
-    runtime = onnxruntime_or_none()
-    if runtime is None:
-        raise ImportError(f"onnxruntime is not installed ({INSTALL_HINT})")
     module = ExportModule(model, decode=decode).eval()
     x = torch.rand(batch, model.channels, model.height, model.width, generator=torch.Generator().manual_seed(seed))
-    session = runtime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        session = onnxruntime_session(str(path))
+    except ImportError:
+        raise
+    except Exception as exc:  # onnxruntime's own exception types: a graph it cannot load
+        raise ExportError(f"{path}: onnxruntime cannot load the export: {_export_reason(exc)}") from None
     got = session.run(None, {INPUT_NAME: x.numpy()})
     with torch.no_grad():
         expected = [t.detach().numpy() for t in module(x)]

@@ -28,3 +28,16 @@ def shared_dir() -> Path:
 @pytest.fixture
 def oracle_dir() -> Path:
     return require(ORACLE)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def onnx_exports_in_a_folder_of_the_run(tmp_path_factory):
+    """The onnxruntime backend caches its exports (darkpy/evaluation/onnx_backend.py); the tests' go to a folder of
+    this run, never to the user's ~/.cache. Commands run in subprocesses inherit it."""
+    saved = os.environ.get("DARKPY_CACHE_DIR")
+    os.environ["DARKPY_CACHE_DIR"] = str(tmp_path_factory.mktemp("darkpy-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("DARKPY_CACHE_DIR", None)
+    else:
+        os.environ["DARKPY_CACHE_DIR"] = saved

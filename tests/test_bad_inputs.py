@@ -633,6 +633,20 @@ def test_a_chart_that_cannot_be_written_names_the_chart_and_training_goes_on(wor
     assert err.count("cannot write the chart") == 1 and not list(world.backup.glob("*.tmp.png"))
 
 
+@pytest.mark.parametrize("command", ["detect", "map"])
+def test_an_onnxruntime_backend_that_cannot_run_is_a_message(world, capsys, monkeypatch, command):
+    """`--backend onnxruntime` (detect, map) where onnxruntime is not installed → `--backend onnxruntime:
+    onnxruntime and onnx are not both installed (pip install darkpy[onnx])`, exit 2; the default, `--backend
+    auto`, runs on torch"""
+    from darkpy.evaluation import onnx_backend
+    monkeypatch.setattr(onnx_backend, "onnxruntime_or_none", lambda: None)
+    code, err = run(world.command(command, world.weights, "--backend=onnxruntime"), capsys)
+    assert code == 2
+    assert "--backend onnxruntime: onnxruntime and onnx are not both installed (pip install darkpy[onnx])" in err
+    code, err = run(world.command(command, world.weights), capsys)
+    assert code == 0, err
+
+
 # ============================================================================ docs/bad_input.md, generated from here
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "bad_input.md"

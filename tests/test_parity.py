@@ -15,6 +15,7 @@ import torch
 from conftest import DARKNET_CFG, LOCAL_FIXTURES, ORACLE, require
 from darkpy.boxes import get_network_boxes
 from darkpy.commands.common import ready_for_inference
+from darkpy.export import INSTALL_HINT, onnxruntime_or_none
 from darkpy.model import Darknet
 from oracle_utils import close_to_darknet, fixture_dirs, layer_stats_close, make_weights
 
@@ -88,23 +89,34 @@ def test_fixture_matches_darknet(fixture, tmp_path):
 
 
 @pytest.mark.skipif(not FIXTURES, reason=f"no oracle fixtures in {ORACLE} (set DARKPY_ORACLE_DIR or add ../shared)")
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("fixture", FIXTURES, ids=[f.name for f in FIXTURES])
-def test_the_inference_path_of_the_commands_matches_darknet(fixture, tmp_path):
-    """What `darkpy detect`, `map` and `classifier` run (batch norm folded, channels_last, on the CPU the packed
-    convolutions, the strided-view max-pools and the concatenations pooled unjoined) gives Darknet's head and final
-    outputs too."""
+def test_the_inference_path_of_the_commands_matches_darknet(fixture, backend, tmp_path, monkeypatch):
+    """What `darkpy detect`, `map` and `classifier` run gives Darknet's head and final outputs too: on torch
+    (batch norm folded, channels_last, on the CPU the packed convolutions, the strided-view max-pools and the
+    concatenations pooled unjoined), and on the onnxruntime backend (darkpy's ONNX export, cached) for the
+    detectors."""
     summary = json.loads((fixture / "summary.json").read_text())
     model = build(fixture, summary)
     model.load_weights(make_weights(require(ORACLE), fixture, tmp_path / "w.weights"))
-    model = ready_for_inference(model, "cpu")
-    x = torch.from_numpy(np.load(fixture / "input.npy"))[None].contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        outputs = model(x)
+    x = torch.from_numpy(np.load(fixture / "input.npy"))[None]
+    if backend == "onnxruntime":
+        if onnxruntime_or_none() is None:
+            pytest.skip(f"onnxruntime is not installed ({INSTALL_HINT})")
+        if not model.heads or model.recurrent_layers():
+            pytest.skip("classifiers and recurrent networks run on torch only")
+        monkeypatch.setenv("DARKPY_CACHE_DIR", str(tmp_path / "cache"))
+        outputs = ready_for_inference(model, "cpu", backend="onnxruntime")(x.numpy())
+    else:
+        assert ready_for_inference(model, "cpu", backend="torch") is None
+        with torch.inference_mode():
+            outputs = [out.numpy() for out in model(x.contiguous(memory_format=torch.channels_last))] \
+                if model.heads else model(x.contiguous(memory_format=torch.channels_last)).numpy()
     arrays = np.load(fixture / "outputs.npz")
     compared = {f"L{head.index}": out for head, out in zip(model.heads, outputs)} if model.heads \
         else {"final": outputs}
     compared = {key: out for key, out in compared.items() if key in arrays.files}
     assert compared, f"{fixture.name}: Darknet's outputs hold neither a head's nor the final layer's"
     for key, out in compared.items():
-        ours = out[0].numpy().reshape(arrays[key].shape)
+        ours = out[0].reshape(arrays[key].shape)
         assert close_to_darknet(ours, arrays[key]), f"{key}: max diff {np.abs(ours - arrays[key]).max():.3g}"

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Optional, Tuple, Type
 
 from darkpy.cfg import CfgWarning
-from darkpy.evaluation.inference import Detector, prepare_for_inference
+from darkpy.evaluation.inference import Detector, prepare_for_inference, resolve_device
+from darkpy.evaluation.onnx_backend import BACKENDS, BackendUnavailable, OnnxRuntimeForward, onnxruntime_forward
 from darkpy.model import Darknet
 
 EXIT_OK = 0
@@ -74,6 +75,14 @@ def add_allow_partial(parser: argparse.ArgumentParser) -> None:
                              "layers it does not fill keep their random initialisation")
 
 
+def add_backend(parser: argparse.ArgumentParser) -> None:
+    """--backend, for the commands that detect (detect, map, valid)."""
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="what runs the network: onnxruntime (CPU, float32; needs pip install darkpy[onnx]; "
+                             "the export is cached), torch, or auto: onnxruntime when installed and the network "
+                             "runs there, else torch (default: auto)")
+
+
 def load_model(cfg: str, weights: Optional[str] = None, width: Optional[int] = None, height: Optional[int] = None,
                cfg_warnings: str = "warn", command: str = "", allow_partial: bool = False) -> Darknet:
     """Build the cfg's network (at width x height when given; Darknet's parse_network_cfg) and load its
@@ -108,23 +117,33 @@ def _build_quietly(cfg: str, width: Optional[int], height: Optional[int], print_
     return model
 
 
-def ready_for_inference(model: Darknet, device: str, half: bool = False) -> Darknet:
+def ready_for_inference(model: Darknet, device: str, half: bool = False,
+                        backend: str = "torch") -> Optional[OnnxRuntimeForward]:
     """A model its caller owns, converted in place as Darknet loads a network for inference: eval mode, batch
-    norm folded into the convolutions, on the device in channels_last (float16 with half on CUDA)."""
+    norm folded into the convolutions. When `backend` picks onnxruntime (evaluation/onnx_backend), its forward
+    pass is returned and the model stays as it is (its sizes and heads still decode); otherwise None, the model
+    on the device in channels_last (float16 with half on CUDA). An explicit backend that cannot run is a
+    UsageError."""
     model.eval()
     model.fuse()
-    return prepare_for_inference(model, device, half)
+    try:
+        runtime = onnxruntime_forward(model, backend, resolve_device(device))
+    except BackendUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    if runtime is None:
+        prepare_for_inference(model, device, half)
+    return runtime
 
 
 def build_detector(args: argparse.Namespace) -> Tuple[Darknet, Detector]:
     """The network of --cfg/--weights (--width/--height) ready for detection as Darknet loads a detector
     (batch norm folded into the convolutions, eval mode), on --device in channels_last (float16 with --half on
     CUDA), wrapped in a Detector (--letter-box forces letterboxing; otherwise the cfg's [net] letter_box
-    decides; --batch images per forward pass). Without --weights: the cfg's random initialisation; a partial
-    --weights file only with --allow-partial."""
+    decides; --batch images per forward pass; --backend what runs the forward pass). Without --weights: the
+    cfg's random initialisation; a partial --weights file only with --allow-partial."""
     model = load_model(args.cfg, args.weights or None, args.width, args.height, allow_partial=args.allow_partial)
     half = bool(getattr(args, "half", False))  # only `detect` has --half
-    ready_for_inference(model, args.device, half)
+    runtime = ready_for_inference(model, args.device, half, args.backend)
     detector = Detector(model, device=None, half=half, letter_box=True if args.letter_box else None,
-                        batch_size=args.batch)
+                        batch_size=args.batch, runtime=runtime)
     return model, detector

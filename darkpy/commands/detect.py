@@ -29,6 +29,7 @@ from darkpy.commands.common import (
     INPUT_ERRORS,
     UsageError,
     add_allow_partial,
+    add_backend,
     fail,
     finite_float,
 )
@@ -71,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=None, help="network height (default: the cfg's)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N (default: auto)")
     parser.add_argument("--half", action="store_true", help="float16 inference (CUDA only)")
+    add_backend(parser)
     parser.add_argument("--batch", type=int, default=4, help="images per forward pass (default: 4)")
     parser.add_argument("--save-dir", default="runs/detect",
                         help="folder for the annotated images/videos (default: runs/detect)")
@@ -92,7 +94,8 @@ def _load_network(args: argparse.Namespace) -> Network:
     weights = project_file(args.weights, args.weights == DEFAULT_WEIGHTS) if args.weights else None
     network = load(cfg, weights, names=args.names, data=args.data, device=args.device, thresh=args.thresh,
                    hier=args.hier, nms=args.nms, letter_box=args.letter_box, batch=args.batch, width=args.width,
-                   height=args.height, half=args.half, allow_partial=args.allow_partial)
+                   height=args.height, half=args.half, allow_partial=args.allow_partial,
+                   backend=args.backend)
     if isinstance(network, Classifier):
         raise UsageError(f"{args.cfg}: the network has no [yolo], [Gaussian_yolo], [region] or [detection] layer, "
                          f"so it cannot detect objects: it is a classifier (darkpy classifier predict DATA CFG "

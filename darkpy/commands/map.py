@@ -14,6 +14,7 @@ from darkpy.commands.common import (
     INPUT_ERRORS,
     UsageError,
     add_allow_partial,
+    add_backend,
     build_detector,
     fail,
     finite_float,
@@ -46,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--letter-box", action="store_true",
                         help="letterbox the images (also on when the cfg's [net] has letter_box=1)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N (default: auto)")
+    add_backend(parser)
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--width", type=int, default=None, help="network width (default: the cfg's)")
     parser.add_argument("--height", type=int, default=None, help="network height (default: the cfg's)")

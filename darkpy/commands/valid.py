@@ -20,7 +20,14 @@ from typing import List, Sequence, TextIO, Tuple
 import numpy as np
 
 from darkpy.boxes import Detection
-from darkpy.commands.common import INPUT_ERRORS, UsageError, add_allow_partial, build_detector, fail
+from darkpy.commands.common import (
+    INPUT_ERRORS,
+    UsageError,
+    add_allow_partial,
+    add_backend,
+    build_detector,
+    fail,
+)
 from darkpy.data import DataProblems, atoi, check_names_count
 from darkpy.evaluation.mapdata import iterate_detections, load_map_dataset
 from darkpy.evaluation.metrics import COCO_CATEGORY_IDS
@@ -36,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="file name in the results folder (default: coco_results / comp4_det_test_)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N (default: auto)")
+    add_backend(parser)
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_allow_partial(parser)
@@ -125,7 +133,7 @@ def run_valid(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.data}: eval={kind} is not implemented (darkpy writes eval=coco and VOC files)")
     settings = argparse.Namespace(cfg=args.cfg, weights=args.weights, width=None, height=None, device=args.device,
                                   letter_box=False, batch=args.batch,
-                                  allow_partial=args.allow_partial)
+                                  allow_partial=args.allow_partial, backend=args.backend)
     model, detector = build_detector(settings)
     classes = int(model.heads[-1].classes)
     check_names_count(dataset.names, dataset.names_path, classes, args.cfg)

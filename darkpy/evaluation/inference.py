@@ -97,10 +97,13 @@ class Detector:
     something else, it runs a converted copy instead; a caller that owns its model converts it itself first
     (`prepare_for_inference`) to avoid the copy. `letter_box=None` follows the cfg's [net] letter_box.
     half=True runs in float16 (CUDA only; detections then differ from Darknet's float32 ones in the last
-    digits). The train/eval state is restored after each call."""
+    digits). The train/eval state is restored after each call. `runtime`, when given, runs the forward pass
+    instead of the model (onnx_backend.OnnxRuntimeForward: the same outputs from onnxruntime); the model still
+    gives the sizes and the heads that decode them."""
 
     def __init__(self, model: nn.Module, device: Union[str, torch.device, None] = "cpu", half: bool = False,
-                 letter_box: Optional[bool] = None, batch_size: int = 8):
+                 letter_box: Optional[bool] = None, batch_size: int = 8,
+                 runtime: Optional[Callable[[np.ndarray], List[np.ndarray]]] = None):
         if not model.heads:
             raise ValueError(f"{getattr(model, 'cfg_path', 'the model')}: the network has no [yolo], "
                              f"[Gaussian_yolo] or [region] layer, so it cannot detect objects")
@@ -113,6 +116,7 @@ class Detector:
             if self.half:
                 model.half()
         self.model = model
+        self.runtime = runtime
         self.channels_last = _is_channels_last(model)
         self.letter_box = bool(model.letter_box if letter_box is None else letter_box)
         self.batch_size = max(1, int(batch_size))
@@ -134,6 +138,8 @@ class Detector:
 
     def forward(self, inputs: np.ndarray) -> List[np.ndarray]:
         """Network inputs (B, 3, H, W) -> per head, float32 numpy (B, A, E, H, W) in Darknet's eval layout."""
+        if self.runtime is not None:
+            return self.runtime(inputs)
         was_training = self.model.training
         self.model.eval()
         try:

@@ -90,13 +90,14 @@ class RegionLayer(Head):
 
     def _tree_softmax(self, scores: torch.Tensor) -> torch.Tensor:
         """softmax_tree (src/softmax_layer.c): a softmax within each group of sibling classes (axis 2)."""
-        x = scores.movedim(2, -1)
+        last = scores.dim() - 1  # (a negative dimension exports as a Transpose onnxruntime cannot load)
+        x = scores.movedim(2, last)
         group = self.tree_group.expand_as(x)
         groups = len(self.tree.group_size)
         largest = x.new_full((*x.shape[:-1], groups), -torch.inf).scatter_reduce(-1, group, x, "amax")
         e = torch.exp(x - largest.gather(-1, group))
         sums = x.new_zeros((*x.shape[:-1], groups)).scatter_add(-1, group, e)
-        return (e / sums.gather(-1, group)).movedim(-1, 2)
+        return (e / sums.gather(-1, group)).movedim(last, 2)
 
     # ---- decoding ---------------------------------------------------------------------------------------------
     def decode(self, output: np.ndarray, net_wh: Tuple[int, int], image_wh: Tuple[int, int], thresh: float,

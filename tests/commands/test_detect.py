@@ -336,3 +336,29 @@ def test_recurrent_network_starts_each_video_from_zero_state(tmp_path, capsys):
     records = [r["objects"] for r in json.loads(out.read_text())]
     assert len(records) == 6 and records[:3] == records[3:]
     assert records[0] != records[1]
+
+
+def test_both_backends_print_the_same_lines(tmp_path, capsys):
+    """`--backend onnxruntime` (what `auto` picks with onnxruntime installed) and `--backend torch` print the same
+    lines for Darknet's sample images and the photos."""
+    pytest.importorskip("onnxruntime")
+    sources = [require(SHARED / "darknet" / "images"), require(SHARED / "images")]
+    printed = {}
+    for backend in ("torch", "onnxruntime"):
+        code = detect.run(_oracle_model_args(tmp_path, *sources, "--ext-output", "--no-save", "--backend", backend))
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        printed[backend] = _printed(captured.out)
+    assert printed["onnxruntime"] == printed["torch"]
+    assert sum(len(lines) for lines in printed["torch"].values()) >= 20
+
+
+def test_an_explicit_backend_that_cannot_run_is_a_message(tmp_path, capsys):
+    from helpers.recurrent import tiny_recurrent_detector
+    pytest.importorskip("onnxruntime")
+    cfg, weights = tiny_recurrent_detector(tmp_path)
+    code = detect.run(_args("--cfg", cfg, "--weights", weights, "--device", "cpu", "--no-save", "--backend",
+                            "onnxruntime", require(SHARED / "images" / "coffee.png")))
+    error = capsys.readouterr().err
+    assert code == 2 and f"--backend onnxruntime: {cfg}:" in error and "[crnn] keeps a state" in error
+    assert "Traceback" not in error

@@ -45,7 +45,7 @@ def darknet_report(file_name):
 
 def detector_args(**overrides):
     args = dict(cfg=str(require(CFG)), weights=str(require(WEIGHTS)), width=None, height=None, letter_box=False,
-                device="cpu", batch=8, allow_partial=False)
+                device="cpu", batch=8, allow_partial=False, backend="auto")
     args.update(overrides)
     return Namespace(**args)
 
