@@ -246,6 +246,18 @@ def test_verify_reports_a_file_that_does_not_match_the_model(tmp_path):
         verify_onnx(model, path)
 
 
+def test_verify_compares_overflowed_values_by_place():
+    """Random weights can overflow to inf and NaN (a large mish network's do): the check then asks for the same
+    non-finite values in the same places, and the oracle's tolerance on the others."""
+    from darkpy.export import _close
+    reference = np.array([1.0, np.nan, np.inf, -2.0], dtype=np.float32)
+    assert _close(reference + np.float32(1e-6), reference)
+    assert not _close(np.array([1.0, 0.0, np.inf, -2.0], np.float32), reference)  # a NaN lost
+    assert not _close(np.array([1.0, np.nan, -np.inf, -2.0], np.float32), reference)  # another infinity
+    assert not _close(np.array([np.nan, np.nan, np.inf, -2.0], np.float32), reference)  # a NaN too many
+    assert not _close(np.array([1.1, np.nan, np.inf, -2.0], np.float32), reference)
+
+
 def test_cli_errors_are_messages(tmp_path, capsys):
     cfg = require(ORACLE / "yolov3-tiny") / "cfg.cfg"
     assert main(["export", "--cfg", str(cfg), "--weights", str(tmp_path / "none.weights")]) == 1
