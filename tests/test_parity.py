@@ -110,8 +110,8 @@ def test_the_inference_path_of_the_commands_matches_darknet(fixture, backend, tm
     else:
         assert ready_for_inference(model, "cpu", backend="torch") is None
         with torch.inference_mode():
-            outputs = [out.numpy() for out in model(x.contiguous(memory_format=torch.channels_last))] \
-                if model.heads else model(x.contiguous(memory_format=torch.channels_last)).numpy()
+            result = model(x.contiguous(memory_format=torch.channels_last))
+        outputs = [out.numpy() for out in result] if model.heads else result.numpy()
     arrays = np.load(fixture / "outputs.npz")
     compared = {f"L{head.index}": out for head, out in zip(model.heads, outputs)} if model.heads \
         else {"final": outputs}

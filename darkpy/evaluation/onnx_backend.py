@@ -13,6 +13,7 @@ else $XDG_CACHE_HOME/darkpy or ~/.cache/darkpy) under a hash of the cfg, the inp
 next start-up only opens it (0.1 s for a tiny model, 1.0 s for yolov4, where torch's set-up takes 0.4 s). Each new export is checked against the torch model on a random image
 before it is kept; the cache holds the CACHED_MODELS most recently used exports.
 """
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -163,7 +164,8 @@ def _open_session(path: Path, required: bool = False):
     except Exception as exc:  # onnxruntime raises its own exception types for a damaged file
         if required:
             raise ExportError(f"{path}: onnxruntime cannot open the export: {str(exc)[:300]}") from None
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only cache: exported again at every start
+            path.unlink()
         return None
 
 
@@ -175,6 +177,7 @@ def _mark_used(path: Path) -> None:
 
 
 def _forget_least_recently_used(folder: Path) -> None:
-    entries = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for stale in entries[CACHED_MODELS:]:
-        stale.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # another process removed one first: the next start tidies up
+        entries = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for stale in entries[CACHED_MODELS:]:
+            stale.unlink(missing_ok=True)
