@@ -6,6 +6,7 @@ Darknet zoo cfg that ../shared does not hold keeps only Darknet's outputs and na
 built from DARKPY_DARKNET_CFG (Darknet's cfg/ folder) at the size its summary.json states, or skipped.
 """
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -107,6 +108,7 @@ def test_the_inference_path_of_the_commands_matches_darknet(fixture, backend, tm
             pytest.skip("classifiers and recurrent networks run on torch only")
         monkeypatch.setenv("DARKPY_CACHE_DIR", str(tmp_path / "cache"))
         outputs = ready_for_inference(model, "cpu", backend="onnxruntime")(x.numpy())
+        shutil.rmtree(tmp_path / "cache")  # up to 380 MB a fixture; pytest keeps the last runs' folders
     else:
         assert ready_for_inference(model, "cpu", backend="torch") is None
         with torch.inference_mode():
