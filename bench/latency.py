@@ -39,8 +39,8 @@ DEFAULT_MODELS = ("yolov3-tiny", "yolov3-tiny-prn", "yolov4-tiny")
 OPENCV_ELSEWHERE_MS = {"yolov3-tiny": 30.0, "yolov3-tiny-prn": 36.0, "yolov4-tiny": 45.0}  # from the issue
 # darkpy variants, each adding one optimisation to the previous one (compile and TorchScript start from the best
 # eager variant, channels_last).
-# "+packed" (oneDNN weights reordered once, activation fused: prepare_for_inference) is darkpy's default CPU path,
-# what `darkpy detect` and `darkpy map` run.
+# "+packed" (oneDNN weights reordered once, activation fused: prepare_for_inference) is darkpy's torch path, what
+# `darkpy detect` and `darkpy map` run with `--backend torch` or without onnxruntime.
 VARIANTS = ("eager", "+fuse", "+inference_mode", "+channels_last", "+packed", "torchscript", "compile")
 DEFAULT_VARIANT = "+packed"  # the torch path of the commands (`--backend torch`)
 BACKEND = "backend"  # the commands' default with onnxruntime installed (`--backend auto`)
@@ -198,13 +198,9 @@ def onnxruntime_engine(cfg: Path, weights: Path, size: int, image: np.ndarray, t
     return call
 
 
-def backend_engine(cfg: Path, weights: Path, size: int, image: np.ndarray) -> Optional[Callable[[], object]]:
+def backend_engine(cfg: Path, weights: Path, size: int, image: np.ndarray) -> Callable[[], object]:
     """What `darkpy detect` runs with onnxruntime installed: the commands' set-up (ready_for_inference, --backend
-    onnxruntime; the export cached in DARKPY_CACHE_DIR), then Detector.forward's call."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return None
+    onnxruntime; the export cached in DARKPY_CACHE_DIR), then Detector.forward's call. Needs onnxruntime."""
     from darkpy.commands.common import ready_for_inference
 
     runtime = ready_for_inference(load_model(cfg, weights, size, fuse=False), "cpu", backend="onnxruntime")

@@ -18,8 +18,8 @@ by a data loader or another job): what the engines' waiting threads cost when th
 
 A shared machine's speed drifts over seconds (another tenant's load), which moves a single process's median by
 10-20 %. So the engines' processes take turns, `repeats` times each, and the table gives the median of each
-engine's process medians, with the range of the per-turn ratios (the spinning darkpy against the onnxruntime
-process of the same turn) to show how far the drift went.
+engine's process medians, with the range of the per-turn ratios (the backend against the onnxruntime process of
+the same turn) to show how far the drift went.
 """
 import argparse
 import os
@@ -51,7 +51,7 @@ def worker(engine: str, cfg: Path, weights: Path, size: int, threads: int, round
         call = latency.onnxruntime_engine(cfg, weights, size, image, threads, Path(tempfile.mkdtemp()))
     elif engine == "backend":
         call = latency.backend_engine(cfg, weights, size, image)
-    else:  # the default CPU path, as `darkpy detect` runs it
+    else:  # the torch path, as `darkpy detect --backend torch` runs it
         model = latency.prepare_for_inference(latency.load_model(cfg, weights, size, fuse=True), "cpu")
         call = latency.inference_call(model, torch.from_numpy(image).contiguous(memory_format=torch.channels_last))
     for _ in range(WARMUP):

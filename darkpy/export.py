@@ -283,8 +283,9 @@ def onnxruntime_or_none():
 
 def onnxruntime_session(model_file: Union[str, bytes], threads: Optional[int] = None):
     """An onnxruntime session on the CPU for an ONNX file (or its bytes), with `threads` intra-op threads
-    (None: onnxruntime's default). Its warnings are not printed: where a shape is symbolic (the dynamic batch)
-    onnxruntime logs each output whose inferred shape it could not check, on every run. Its threads wait as
+    (None: onnxruntime's default); ExportError when onnxruntime cannot load it. Its warnings are not printed:
+    where a shape is symbolic (the dynamic batch) onnxruntime logs each output whose inferred shape it could not
+    check, on every run. Its threads wait as
     OMP_WAIT_POLICY tells PyTorch's to: with PASSIVE (what the `darkpy` command sets unless the user set another)
     they sleep between operators instead of spinning. At two threads with another process busy on one of the
     two cores, spinning made the tiny models 1.3-1.5x slower; on a quiet machine it is 5-11 % faster
@@ -299,7 +300,11 @@ def onnxruntime_session(model_file: Union[str, bytes], threads: Optional[int] = 
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    return runtime.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
+    try:
+        return runtime.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception types: a graph it cannot load, a damaged file
+        where = model_file if isinstance(model_file, str) else "the exported graph"
+        raise ExportError(f"{where}: onnxruntime cannot load the export: {_export_reason(exc)}") from None
 
 
 def _add_metadata(path: Path, model: nn.Module, decode: bool) -> None:
@@ -359,12 +364,7 @@ def verify_onnx(model: nn.Module, path: Union[str, Path], decode: bool = False, 
     large network). Needs onnxruntime."""
     module = ExportModule(model, decode=decode).eval()
     x = torch.rand(batch, model.channels, model.height, model.width, generator=torch.Generator().manual_seed(seed))
-    try:
-        session = onnxruntime_session(str(path))
-    except ImportError:
-        raise
-    except Exception as exc:  # onnxruntime's own exception types: a graph it cannot load
-        raise ExportError(f"{path}: onnxruntime cannot load the export: {_export_reason(exc)}") from None
+    session = onnxruntime_session(str(path))
     got = session.run(None, {INPUT_NAME: x.numpy()})
     with torch.no_grad():
         expected = [t.detach().numpy() for t in module(x)]

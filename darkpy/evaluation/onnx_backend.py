@@ -126,7 +126,7 @@ def _cached_session(model: nn.Module) -> OnnxRuntimeForward:
     folder = cache_folder()
     path = folder / f"{model_key(model)}.onnx"
     if path.is_file():
-        session = _open_session(path)
+        session = _open_cached(path)
         if session is not None:
             _mark_used(path)
             return OnnxRuntimeForward(session, path)
@@ -137,9 +137,9 @@ def _cached_session(model: nn.Module) -> OnnxRuntimeForward:
         with tempfile.TemporaryDirectory() as scratch:
             path = Path(scratch) / "model.onnx"
             _export_checked(model, path)
-            return OnnxRuntimeForward(_open_session(path, required=True), path)
+            return OnnxRuntimeForward(_session(path), path)
     _forget_least_recently_used(folder)
-    return OnnxRuntimeForward(_open_session(path, required=True), path)
+    return OnnxRuntimeForward(_session(path), path)
 
 
 def _export_checked(model: nn.Module, path: Path) -> None:
@@ -156,14 +156,16 @@ def _export_checked(model: nn.Module, path: Path) -> None:
             os.remove(partial)
 
 
-def _open_session(path: Path, required: bool = False):
-    """An onnxruntime session on the file, with torch's thread count; None for an unreadable file (a damaged
-    cache entry, which is removed), unless required."""
+def _session(path: Path):
+    """An onnxruntime session on the file, with torch's thread count."""
+    return onnxruntime_session(str(path), threads=torch.get_num_threads())
+
+
+def _open_cached(path: Path):
+    """The session of a cache entry; None for a damaged one, which is removed (and exported again)."""
     try:
-        return onnxruntime_session(str(path), threads=torch.get_num_threads())
-    except Exception as exc:  # onnxruntime raises its own exception types for a damaged file
-        if required:
-            raise ExportError(f"{path}: onnxruntime cannot open the export: {str(exc)[:300]}") from None
+        return _session(path)
+    except ExportError:
         with contextlib.suppress(OSError):  # a read-only cache: exported again at every start
             path.unlink()
         return None
